@@ -1,0 +1,298 @@
+"""Chat templates: turn a list of messages into the prompt text a model was trained on.
+
+A model's own template is the Jinja2 source in its GGUF (`tokenizer.chat_template`), rendered the
+way transformers' `apply_chat_template` does: a sandboxed, immutable environment with trim_blocks
+and lstrip_blocks, loop controls, and the globals HF templates expect (`messages`,
+`add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`, `strftime_now`, `tools`, and a
+`tojson` filter that keeps non-ASCII text). Files without a template get a built-in fallback:
+ChatML, Meta's Llama 2 chat format, or the Alpaca instruction format of Chinese-LLaMA-Alpaca and
+llama.cpp's `-ins` mode.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from camelid.errors import CamelidError
+
+__all__ = ["ChatTemplate", "template_for", "builtin_template", "BUILTIN_TEMPLATES", "ROLES", "ALPACA_SYSTEM"]
+
+ROLES = ("system", "user", "assistant")
+
+# ---- built-in fallbacks ------------------------------------------------------------------------------
+
+# ChatML (Qwen, SmolLM, OpenHermes...): <|im_start|>role\ncontent<|im_end|>\n per message.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Meta's Llama 2 chat format: the system prompt is folded into the first user turn between
+# <<SYS>> markers; each user/assistant exchange is "<s>[INST] user [/INST] assistant </s>"; contents
+# are stripped. The prompt ends after "[/INST]", so there is no separate generation prompt.
+LLAMA2 = (
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% if message['role'] not in ['user', 'assistant'] or (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('the llama2 chat format needs an optional system message, then user and assistant "
+    "messages alternating, starting with user') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.first and system is not none %}"
+    "{{ bos_token + '[INST] <<SYS>>\\n' + system | trim + '\\n<</SYS>>\\n\\n' + message['content'] | trim + ' [/INST]' }}"
+    "{% else %}{{ bos_token + '[INST] ' + message['content'] | trim + ' [/INST]' }}{% endif %}"
+    "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# Alpaca, as Chinese-LLaMA-Alpaca's inference scripts and llama.cpp's `-ins` mode lay it out: the
+# preamble of prompts/alpaca.txt (or the system message), then "### Instruction:\n\n{user}\n\n" and
+# "### Response:\n\n{assistant}\n\n" per turn. An empty system message drops the preamble.
+ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA = (
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '" + ALPACA_SYSTEM + "' %}{% set turns = messages %}{% endif %}"
+    "{% if system %}{{ system + '\\n\\n' }}{% endif %}"
+    "{% for message in turns %}"
+    "{% if message['role'] not in ['user', 'assistant'] or (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('the alpaca format needs an optional system message, then user and assistant "
+    "messages alternating, starting with user') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '### Instruction:\\n\\n' + message['content'] + '\\n\\n' }}"
+    "{% else %}{{ '### Response:\\n\\n' + message['content'] + '\\n\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt and (not turns or turns[-1]['role'] == 'user') %}{{ '### Response:\\n\\n' }}{% endif %}"
+)
+
+# name: (source, bos_token, eos_token, stop strings)
+BUILTIN_TEMPLATES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "chatml": (CHATML, "", "<|im_end|>", ("<|im_end|>",)),
+    "llama2": (LLAMA2, "<s>", "</s>", ("</s>", "[INST]")),
+    "alpaca": (ALPACA, "", "", ("### Instruction:",)),
+}
+
+# End-of-turn markers looked for in a custom template's source, as stop strings.
+_TURN_END_MARKERS = (
+    "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<|END_OF_TURN_TOKEN|>",
+    "</s>", "[INST]", "### Instruction:",
+)
+
+
+# ---- the environment ------------------------------------------------------------------------------------
+
+
+class _GenerationTag(Extension):
+    """`{% generation %}...{% endgeneration %}`: transformers marks assistant text with it; render the body as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+    # transformers' filter: plain json.dumps, keeping non-ASCII text (Jinja's own escapes HTML).
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class _TemplateRefused(Exception):
+    """raise_exception() was called by the template."""
+
+
+def _raise_exception(message: str):
+    raise _TemplateRefused(message)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _GenerationTag],
+        keep_trailing_newline=False,
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+_ENV = _environment()
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    """Plain-dict copies of messages after checking each has a known role and string content."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise CamelidError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}.")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise CamelidError(f"message {i} must be a dict with 'role' and 'content', got {type(message).__name__}.")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise CamelidError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}.")
+        if not isinstance(content, str):
+            what = "no content" if content is None else f"content of type {type(content).__name__}"
+            raise CamelidError(f"message {i} ({role}) has {what}; content must be a string.")
+        checked.append(dict(message))
+    return checked
+
+
+# ---- ChatTemplate -------------------------------------------------------------------------------------
+
+
+class ChatTemplate:
+    """A compiled chat template: `render(messages)` gives the prompt text for a conversation.
+
+    source is Jinja2 in the Hugging Face chat-template dialect; bos_token and eos_token are the token
+    strings the template may insert; name says where it came from in error messages. A syntax error
+    raises CamelidError at construction, a render error (including the template's own
+    raise_exception and sandbox violations) at render.
+    """
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", name: str = "custom",
+                 stop_strings: Sequence[str] | None = None):
+        if not isinstance(source, str) or not source.strip():
+            raise CamelidError(f"chat template {name!r} is empty; give Jinja source or one of {', '.join(BUILTIN_TEMPLATES)}.")
+        self.source = source
+        self.bos_token = bos_token or ""
+        self.eos_token = eos_token or ""
+        self.name = name
+        self._stop_strings = list(stop_strings) if stop_strings is not None else None
+        try:
+            self._template = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise CamelidError(
+                f"chat template {name!r} has a Jinja syntax error at line {e.lineno}: {e.message}. "
+                "Fix the template or override it (--chat-template chatml|llama2|alpaca)."
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"ChatTemplate(name={self.name!r})"
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt text for messages ([{"role": "system"|"user"|"assistant", "content": str}, ...]).
+
+        With add_generation_prompt the text ends where the assistant's reply begins.
+        """
+        checked = _check_messages(messages)
+        try:
+            return self._template.render(
+                messages=checked, add_generation_prompt=bool(add_generation_prompt),
+                bos_token=self.bos_token, eos_token=self.eos_token, tools=None, documents=None,
+            )
+        except _TemplateRefused as e:
+            raise CamelidError(f"chat template {self.name!r} refused the messages: {e}") from None
+        except jinja2.exceptions.SecurityError as e:
+            raise CamelidError(f"chat template {self.name!r} tried an unsafe operation and was stopped: {e}") from None
+        except CamelidError:
+            raise
+        except Exception as e:  # anything a template expression can raise (TypeError, UndefinedError, ...)
+            raise CamelidError(
+                f"chat template {self.name!r} failed to render: {type(e).__name__}: {e}. "
+                "Override it with --chat-template chatml|llama2|alpaca if the file's template is broken."
+            ) from None
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Text that ends an assistant turn when the model does not emit an end-of-generation token.
+
+        Built-ins know theirs; for other templates the source is searched for common end-of-turn markers.
+        """
+        if self._stop_strings is not None:
+            return list(self._stop_strings)
+        found = [m for m in _TURN_END_MARKERS if m in self.source]
+        if self.eos_token and "eos_token" in self.source and self.eos_token not in found:
+            found.append(self.eos_token)
+        return found
+
+
+def builtin_template(name: str, bos_token: str | None = None, eos_token: str | None = None) -> ChatTemplate:
+    """The built-in template `name` ("chatml", "llama2", "alpaca"), optionally with the model's BOS/EOS strings."""
+    if name not in BUILTIN_TEMPLATES:
+        raise CamelidError(f"unknown chat template {name!r}; the built-in ones are {', '.join(BUILTIN_TEMPLATES)}, or pass Jinja source.")
+    source, bos, eos, stops = BUILTIN_TEMPLATES[name]
+    return ChatTemplate(source, bos_token if bos_token else bos, eos_token if eos_token else eos, name=name, stop_strings=stops)
+
+
+# ---- choosing a model's template --------------------------------------------------------------------
+
+
+def _token_text(tokens: Sequence[str] | None, token_id: Any) -> str:
+    if tokens is None or not isinstance(token_id, numbers.Integral) or not 0 <= token_id < len(tokens):
+        return ""
+    return str(tokens[int(token_id)] or "")
+
+
+_LLAMA2_NAME = re.compile(r"llama[-_ ]?v?2", re.IGNORECASE)
+
+
+def _looks_like_llama2_chat(metadata: Mapping[str, Any]) -> bool:
+    """Llama 2 era files carry no template; recognize them by name, or by LLaMA-2 shape.
+
+    A name like "Llama-2-7b-chat" or "LLaMA v2", or a SentencePiece LLaMA with a 4096-token training
+    context (LLaMA 1 and Chinese-LLaMA-Alpaca v1 have 2048), is taken as a Llama 2 chat model.
+    """
+    names = " ".join(str(metadata.get(k, "")) for k in ("general.name", "general.basename", "general.finetune"))
+    if _LLAMA2_NAME.search(names):
+        return True
+    return (
+        metadata.get("general.architecture") == "llama"
+        and metadata.get("tokenizer.ggml.model") == "llama"
+        and metadata.get("llama.context_length") == 4096
+    )
+
+
+def template_for(metadata: Mapping[str, Any], tokens: Sequence[str] | None = None, override: str | None = None) -> ChatTemplate:
+    """The chat template for a model: override, else the file's own, else a guess from the vocabulary.
+
+    override is a built-in name ("chatml", "llama2", "alpaca") or Jinja source. Without it the GGUF
+    key tokenizer.chat_template is used, with BOS/EOS strings from the vocabulary (`tokens`, default
+    tokenizer.ggml.tokens). Without that: ChatML if the vocabulary has <|im_start|>, Llama 2 if it has
+    [INST] or the model is named like a Llama 2 chat model, else Alpaca.
+    """
+    if tokens is None:
+        tokens = metadata.get("tokenizer.ggml.tokens")
+    bos = _token_text(tokens, metadata.get("tokenizer.ggml.bos_token_id"))
+    eos = _token_text(tokens, metadata.get("tokenizer.ggml.eos_token_id"))
+
+    if override is not None:
+        if not isinstance(override, str) or not override.strip():
+            raise CamelidError(f"the chat template override is empty; use one of {', '.join(BUILTIN_TEMPLATES)} or Jinja source.")
+        name = override.strip().lower()
+        if name in BUILTIN_TEMPLATES:
+            return builtin_template(name, bos, eos)
+        if "{{" in override or "{%" in override:
+            return ChatTemplate(override, bos, eos, name="override")
+        raise CamelidError(
+            f"unknown chat template {override!r}; use one of {', '.join(BUILTIN_TEMPLATES)}, or give Jinja source."
+        )
+
+    source = metadata.get("tokenizer.chat_template")
+    if isinstance(source, str) and source.strip():
+        return ChatTemplate(source, bos, eos, name=str(metadata.get("general.name") or "tokenizer.chat_template"))
+
+    vocab = set(tokens) if tokens is not None else set()
+    if "<|im_start|>" in vocab:
+        return builtin_template("chatml", bos, eos)
+    if "[INST]" in vocab or _looks_like_llama2_chat(metadata):
+        return builtin_template("llama2", bos, eos)
+    return builtin_template("alpaca", bos, eos)
