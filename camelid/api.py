@@ -1,0 +1,111 @@
+"""The Python API: `camelid.load()` returns a Model that completes text and chats."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from camelid.chat.template import ChatTemplate, template_for
+from camelid.default_model import default_model_path
+from camelid.errors import CamelidError
+from camelid.formats.gguf import open_gguf
+from camelid.generate import GenerationChunk, stream_generate
+from camelid.model.cache import KVCache
+from camelid.model.llama import LlamaModel
+from camelid.sampling import SamplingParams
+from camelid.tokenizer import Tokenizer
+
+DEFAULT_CONTEXT = 4096
+
+
+class Model:
+    """A model ready to generate: the network, its tokenizer and its chat template.
+
+    The model keeps one KV cache of n_ctx positions for `stream`/`complete`, and reuses the longest
+    common prefix of consecutive prompts, so a growing prompt only processes its new tokens.
+    """
+
+    def __init__(self, path: str, n_ctx: int | None = None, chat_template: str | None = None, show_progress: bool = True):
+        gguf = open_gguf(path)
+        self.path = gguf.path
+        self.metadata = gguf.metadata
+        self.tokenizer = Tokenizer.from_metadata(gguf.metadata)
+        self.network = LlamaModel(gguf, show_progress=show_progress)
+        self.config = self.network.config
+        if self.tokenizer.n_vocab > self.network.n_vocab:
+            raise CamelidError(
+                f"{path}: the tokenizer has {self.tokenizer.n_vocab} tokens but token_embd only {self.network.n_vocab} rows; the file is inconsistent."
+            )
+        self.template: ChatTemplate = template_for(gguf.metadata, self.tokenizer.tokens, chat_template)
+        if n_ctx is not None and n_ctx < 8:
+            raise CamelidError(f"a context of {n_ctx} tokens is too small; use at least a few hundred (-c 2048).")
+        self.n_ctx = n_ctx or min(DEFAULT_CONTEXT, self.config.n_ctx_train)
+        self._cache: KVCache | None = None
+
+    @property
+    def cache(self) -> KVCache:
+        """The model's own KV cache (allocated on first use)."""
+        if self._cache is None:
+            self._cache = self.new_cache()
+        return self._cache
+
+    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+        """A fresh KV cache of n_ctx positions (default: the model's context size)."""
+        return self.network.new_cache(n_ctx or self.n_ctx)
+
+    def forward(self, tokens, cache: KVCache, last_only: bool = False) -> np.ndarray:
+        """Logits (n, n_vocab) for tokens at positions cache.n_past..; see LlamaModel.forward."""
+        return self.network.forward(tokens, cache, last_only)
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def stream_tokens(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        cache: KVCache | None = None,
+        ignore_eos: bool = False,
+        **sampling,
+    ) -> Iterator[GenerationChunk]:
+        """Stream a continuation of token ids; sampling keywords are SamplingParams fields."""
+        return stream_generate(
+            self.network, self.tokenizer, prompt_tokens, cache or self.cache,
+            max_tokens=max_tokens, sampling=SamplingParams(**sampling), stop=stop, ignore_eos=ignore_eos,
+        )
+
+    def stream(self, prompt: str, *, max_tokens: int = 256, stop: Sequence[str] = (), **sampling) -> Iterator[GenerationChunk]:
+        """Stream a completion of `prompt` as GenerationChunk objects (print chunk.text as it comes).
+
+        Sampling keywords: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+        presence_penalty, frequency_penalty, seed (see camelid.sampling.SamplingParams).
+        """
+        tokens = self.tokenize(prompt, add_special=True, parse_special=True)
+        return self.stream_tokens(tokens, max_tokens=max_tokens, stop=stop, **sampling)
+
+    def complete(self, prompt: str, **kwargs) -> str:
+        """The whole completion of `prompt` as one string; keywords as for stream()."""
+        return "".join(chunk.text for chunk in self.stream(prompt, **kwargs))
+
+    def chat(self, system: str | None = None, **kwargs):
+        """A ChatSession on this model: call .send(text) to stream a reply, .reply(text) for a string."""
+        from camelid.chat.session import ChatSession
+
+        return ChatSession(self, system=system, **kwargs)
+
+
+def load(path: str | os.PathLike | None = None, *, n_ctx: int | None = None, chat_template: str | None = None, show_progress: bool = True) -> Model:
+    """Load a GGUF model (memory-mapped); with no path, the default SmolLM2-135M-Instruct model.
+
+    n_ctx is the context size in tokens (default: min(4096, the model's training context));
+    chat_template overrides the file's template: "chatml", "llama2", "alpaca" or a Jinja source.
+    """
+    path = default_model_path() if path is None else os.fspath(path)
+    return Model(path, n_ctx=n_ctx, chat_template=chat_template, show_progress=show_progress)

@@ -1,0 +1,44 @@
+"""The `camelid` command: a thin dispatcher over one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from camelid import __version__
+from camelid.cli import chat, run
+from camelid.errors import CamelidError
+
+SUBCOMMANDS = (chat, run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camelid", description="Run LLaMA-family language models locally on the CPU.")
+    parser.add_argument("--version", action="version", version=f"camelid {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except CamelidError as exc:
+        sys.stdout.flush()
+        print(f"camelid: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

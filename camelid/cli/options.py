@@ -1,0 +1,38 @@
+"""Command-line options shared by the subcommands that load a model and sample from it."""
+
+from __future__ import annotations
+
+import argparse
+
+from camelid.sampling import SamplingParams
+
+
+def add_model_options(p: argparse.ArgumentParser, default_ctx: int | None) -> None:
+    p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=default_ctx, metavar="N",
+                   help="context size in tokens" + (f" (default: {default_ctx})" if default_ctx else " (default: min(4096, the model's))"))
+
+
+def add_sampling_options(p: argparse.ArgumentParser, **defaults) -> None:
+    d = {**SamplingParams().__dict__, **defaults}
+    p.add_argument("--temp", type=float, default=d["temperature"], help="temperature; 0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=d["top_k"], help="top-k sampling, 0 = off (default: %(default)s)")
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=d["top_p"], help="top-p sampling, 1.0 = off (default: %(default)s)")
+    p.add_argument("--min-p", "--min_p", dest="min_p", type=float, default=d["min_p"], help="min-p sampling, 0 = off (default: %(default)s)")
+    p.add_argument("--repeat-penalty", "--repeat_penalty", dest="repeat_penalty", type=float, default=d["repeat_penalty"],
+                   help="penalize repeated tokens, 1.0 = off (default: %(default)s)")
+    p.add_argument("--repeat-last-n", "--repeat_last_n", dest="repeat_last_n", type=int, default=d["repeat_last_n"],
+                   help="last N tokens to penalize, 0 = off, -1 = context (default: %(default)s)")
+    p.add_argument("--presence-penalty", dest="presence_penalty", type=float, default=d["presence_penalty"])
+    p.add_argument("--frequency-penalty", dest="frequency_penalty", type=float, default=d["frequency_penalty"])
+    p.add_argument("-s", "--seed", type=int, default=None, help="random seed; -1 or none = random")
+
+
+def sampling_from_args(args: argparse.Namespace) -> dict:
+    """Keyword arguments for SamplingParams from parsed options."""
+    return dict(
+        temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        seed=None if args.seed is None or args.seed < 0 else args.seed,
+    )

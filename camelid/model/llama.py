@@ -1,0 +1,152 @@
+"""The LLaMA-family transformer (llama, qwen2): weights named as in GGUF, and the forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from camelid.errors import CamelidError
+from camelid.formats.gguf import GGUFFile
+from camelid.model.cache import KVCache
+from camelid.model.config import Config
+from camelid.model.ops import Rope, attention, rms_norm, silu_mul
+from camelid.quant import QTensor, load_vector
+
+# Keep dequantized float32 copies of the weights when they take at most this many bytes: generation
+# then runs on BLAS matrix-vector products instead of dequantizing every weight for every token.
+DEQUANTIZED_CACHE_LIMIT = 2 * 1024**3
+
+
+@dataclass
+class Block:
+    """One transformer layer. Matrices are (n_out, n_in); vectors float32."""
+
+    attn_norm: np.ndarray  # (n_embd,)
+    attn_q: QTensor  # (n_head * head_dim, n_embd)
+    attn_k: QTensor  # (n_head_kv * head_dim, n_embd)
+    attn_v: QTensor  # (n_head_kv * head_dim, n_embd)
+    attn_q_bias: np.ndarray | None  # (n_head * head_dim,): qwen2 only
+    attn_k_bias: np.ndarray | None  # (n_head_kv * head_dim,)
+    attn_v_bias: np.ndarray | None  # (n_head_kv * head_dim,)
+    attn_output: QTensor  # (n_embd, n_head * head_dim)
+    ffn_norm: np.ndarray  # (n_embd,)
+    ffn_gate: QTensor  # (n_ff, n_embd)
+    ffn_up: QTensor  # (n_ff, n_embd)
+    ffn_down: QTensor  # (n_embd, n_ff)
+
+
+class LlamaModel:
+    """A loaded network: config, weights in their file types, and forward()."""
+
+    def __init__(self, gguf: GGUFFile, show_progress: bool = True):
+        self.config = config = Config.from_metadata(gguf.metadata, set(gguf.tensors), gguf.path)
+        tensors = gguf.tensors
+        self._path = gguf.path
+
+        def matrix(name: str, shape: tuple[int, int]) -> QTensor:
+            info = self._tensor(tensors, name, shape)
+            return QTensor.from_info(info)
+
+        def vector(name: str, size: int, optional: bool = False) -> np.ndarray | None:
+            if optional and name not in tensors:
+                return None
+            return load_vector(self._tensor(tensors, name, (size,)))
+
+        c = config
+        q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        n_vocab = tensors["token_embd.weight"].shape[0]
+        self.token_embd = matrix("token_embd.weight", (n_vocab, c.n_embd))
+        if c.n_vocab and c.n_vocab != n_vocab:
+            raise CamelidError(f"{gguf.path}: token_embd has {n_vocab} rows but the metadata says the vocabulary has {c.n_vocab} tokens.")
+        self.n_vocab = n_vocab
+        self.output_norm = vector("output_norm.weight", c.n_embd)
+        self.output = self.token_embd if c.tied_output else matrix("output.weight", (n_vocab, c.n_embd))
+        self.blocks: list[Block] = []
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            self.blocks.append(Block(
+                attn_norm=vector(p + "attn_norm.weight", c.n_embd),
+                attn_q=matrix(p + "attn_q.weight", (q_dim, c.n_embd)),
+                attn_k=matrix(p + "attn_k.weight", (kv_dim, c.n_embd)),
+                attn_v=matrix(p + "attn_v.weight", (kv_dim, c.n_embd)),
+                attn_q_bias=vector(p + "attn_q.bias", q_dim, optional=True),
+                attn_k_bias=vector(p + "attn_k.bias", kv_dim, optional=True),
+                attn_v_bias=vector(p + "attn_v.bias", kv_dim, optional=True),
+                attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_dim)),
+                ffn_norm=vector(p + "ffn_norm.weight", c.n_embd),
+                ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)),
+                ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)),
+                ffn_down=matrix(p + "ffn_down.weight", (c.n_embd, c.n_ff)),
+            ))
+        freq_factors = vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
+        self.rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, freq_factors)
+        self._cache_weights(show_progress)
+
+    @staticmethod
+    def _tensor(tensors, name: str, shape: tuple[int, ...]):
+        info = tensors.get(name)
+        if info is None:
+            raise CamelidError(f"tensor {name} is missing from the model file; the file is incomplete or not a LLaMA-family model.")
+        if tuple(info.shape) != tuple(shape):
+            raise CamelidError(f"tensor {name} has shape {info.shape}, expected {shape} from the metadata; the file is inconsistent.")
+        return info
+
+    def matrices(self) -> list[QTensor]:
+        """Every weight matrix, each once (the tied output shares token_embd)."""
+        mats = [self.token_embd] if self.output is self.token_embd else [self.token_embd, self.output]
+        for b in self.blocks:
+            mats += [b.attn_q, b.attn_k, b.attn_v, b.attn_output, b.ffn_gate, b.ffn_up, b.ffn_down]
+        return mats
+
+    def _cache_weights(self, show_progress: bool) -> None:
+        mats = self.matrices()
+        float_bytes = sum(4 * m.shape[0] * m.shape[1] for m in mats)
+        if float_bytes > DEQUANTIZED_CACHE_LIMIT:
+            return
+        for m in tqdm(mats, desc="dequantizing weights", unit="tensor", disable=not show_progress, leave=False):
+            m.cache_dequantized = True
+            m.dequantized()
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        """An empty KV cache for n_ctx positions."""
+        c = self.config
+        return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
+
+    def forward(self, tokens, cache: KVCache, last_only: bool = False) -> np.ndarray:
+        """Run tokens (n,) at positions cache.n_past.. and append them to the cache.
+
+        Returns logits (n, n_vocab) float32, or (1, n_vocab) for the last token when last_only.
+        """
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        start = cache.n_past
+        if start + n > cache.n_ctx:
+            raise CamelidError(f"{start + n} tokens do not fit in the context of {cache.n_ctx}; use a larger context (-c) or a shorter prompt.")
+        if n and (tokens.min() < 0 or tokens.max() >= self.n_vocab):
+            raise CamelidError(f"token id out of range 0..{self.n_vocab - 1}.")
+        positions = np.arange(start, start + n)
+        x = self.token_embd.get_rows(tokens)  # (n, n_embd)
+        for layer, b in enumerate(self.blocks):
+            h = rms_norm(x, b.attn_norm, c.rms_eps)
+            q = b.attn_q.matmul(h)  # (n, n_head * head_dim)
+            k = b.attn_k.matmul(h)  # (n, n_head_kv * head_dim)
+            v = b.attn_v.matmul(h)
+            if b.attn_q_bias is not None:
+                q += b.attn_q_bias
+                k += b.attn_k_bias
+                v += b.attn_v_bias
+            q = self.rope.apply(q.reshape(n, c.n_head, c.head_dim), positions)
+            k = self.rope.apply(k.reshape(n, c.n_head_kv, c.head_dim), positions)
+            cache.store(layer, start, k, v.reshape(n, c.n_head_kv, c.head_dim))
+            end = start + n
+            att = attention(q, cache.k[layer, :end], cache.v[layer, :end], start)  # (n, n_head * head_dim)
+            x = x + b.attn_output.matmul(att)
+            h = rms_norm(x, b.ffn_norm, c.rms_eps)
+            x = x + b.ffn_down.matmul(silu_mul(b.ffn_gate.matmul(h), b.ffn_up.matmul(h)))
+        cache.tokens.extend(int(t) for t in tokens)
+        if last_only:
+            x = x[-1:]
+        return self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))

@@ -1,0 +1,7 @@
+import sys
+from pathlib import Path
+
+# Let test modules import helper modules that live beside them (e.g. `import tiny_gguf`).
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
