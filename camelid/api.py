@@ -31,9 +31,9 @@ class Model:
         gguf = open_gguf(path)
         self.path = gguf.path
         self.metadata = gguf.metadata
-        self.tokenizer = Tokenizer.from_metadata(gguf.metadata)
         self.network = LlamaModel(gguf, show_progress=show_progress)
         self.config = self.network.config
+        self.tokenizer = Tokenizer.from_metadata(gguf.metadata)
         if self.tokenizer.n_vocab > self.network.n_vocab:
             raise CamelidError(
                 f"{path}: the tokenizer has {self.tokenizer.n_vocab} tokens but token_embd only {self.network.n_vocab} rows; the file is inconsistent."

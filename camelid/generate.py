@@ -138,7 +138,7 @@ def stream_generate(
     logits, stats.cached_tokens = prefill(model, cache, list(prompt), n_batch)
     t1 = time.perf_counter()
     stats.prompt_seconds = t1 - t0
-    detok = StreamingDetokenizer(tokenizer)
+    detok = StreamingDetokenizer(tokenizer, continuation=True)
     matcher = StopStringMatcher(stop)
     finish = "length"
     steps = generate_step(model, cache, logits, sampler)
@@ -161,7 +161,7 @@ def stream_generate(
         if stats.generated_tokens == max_tokens:
             break
     steps.close()
-    text, stopped = matcher.feed(detok.finalize())
+    text, stopped = matcher.feed(detok.finalize(drop_incomplete=True))
     if stopped:
         finish = "stop"
     else:

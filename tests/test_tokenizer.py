@@ -405,3 +405,18 @@ def test_pre_tokenizer_matches_llama_cpp(pre, tmp_path):
                for t in texts]
     mismatches = [r for r in results if r[1] != r[2]]
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[0]}"
+
+
+def test_streaming_continuation_keeps_first_space_and_drops_cut_character():
+    # Generated tokens continue a prompt: "▁Paris" after "The capital of France is" prints " Paris",
+    # as llama.cpp's token-by-token output does; only a text's very first token loses its space.
+    tok = fixture_tokenizer("llama-spm")
+    ids = tok.encode(" Paris 你好", add_special=False)
+    detok = StreamingDetokenizer(tok, continuation=True)
+    assert "".join(detok.add_token(i) for i in ids) + detok.finalize() == " " + tok.decode(ids)
+    # A generation cut off inside a character (token limit) ends without a U+FFFD.
+    detok = StreamingDetokenizer(tok, continuation=True)
+    cut = tok.encode("🦙", add_special=False)
+    assert tok.token_to_bytes(cut[-1]) == b"\x99", "the llama is four byte-fallback tokens in this vocabulary"
+    assert "".join(detok.add_token(i) for i in cut[:-1]) == " "
+    assert detok.finalize(drop_incomplete=True) == ""

@@ -28,8 +28,9 @@ def register(sub) -> None:
 def chat(args: argparse.Namespace) -> int:
     import camelid
 
+    sampling = sampling_from_args(args)
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template)
-    session = model.chat(system=args.system, max_tokens=args.n_predict, **sampling_from_args(args))
+    session = model.chat(system=args.system, max_tokens=args.n_predict, **sampling)
     name = model.metadata.get("general.name") or model.path
     print(f"camelid chat with {name} ({model.n_ctx}-token context). Ctrl+C stops a reply; Ctrl+D or /exit quits.")
     while True:

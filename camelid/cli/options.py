@@ -29,10 +29,12 @@ def add_sampling_options(p: argparse.ArgumentParser, **defaults) -> None:
 
 
 def sampling_from_args(args: argparse.Namespace) -> dict:
-    """Keyword arguments for SamplingParams from parsed options."""
-    return dict(
+    """Keyword arguments for SamplingParams from parsed options, validated (CamelidError if not)."""
+    kwargs = dict(
         temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
         seed=None if args.seed is None or args.seed < 0 else args.seed,
     )
+    SamplingParams(**kwargs)
+    return kwargs

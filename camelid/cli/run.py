@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CamelidError("--batch-size must be at least 1.")
     prompt = read_prompt(args)
+    sampling = sampling_from_args(args)
     model = camelid.load(args.model, n_ctx=args.ctx_size)
     tokens = model.tokenize(prompt, add_special=True, parse_special=True)
     if not tokens:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(prompt)
         sys.stdout.flush()
     stats = None
-    for chunk in model.stream_tokens(tokens, max_tokens=args.n_predict, ignore_eos=args.ignore_eos, **sampling_from_args(args)):
+    for chunk in model.stream_tokens(tokens, max_tokens=args.n_predict, ignore_eos=args.ignore_eos, **sampling):
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
         stats = chunk.stats or stats

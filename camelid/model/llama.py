@@ -105,7 +105,7 @@ class LlamaModel:
         float_bytes = sum(4 * m.shape[0] * m.shape[1] for m in mats)
         if float_bytes > DEQUANTIZED_CACHE_LIMIT:
             return
-        for m in tqdm(mats, desc="dequantizing weights", unit="tensor", disable=not show_progress, leave=False):
+        for m in tqdm(mats, desc="dequantizing weights", unit="tensor", disable=None if show_progress else True, leave=False):
             m.cache_dequantized = True
             m.dequantized()
 
