@@ -9,17 +9,14 @@ import sys
 import pexpect
 import pytest
 
-from camelid.default_model import default_model_path
+from model_files import smollm2_path
 
 CAMELID = [sys.executable, "-m", "camelid"]
 
 
 @pytest.fixture(scope="module")
 def default_model():
-    try:
-        return default_model_path()
-    except Exception as exc:
-        pytest.skip(str(exc))
+    return smollm2_path()
 
 
 def run_cli(*args, timeout=300):

@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 
 import camelid
-from camelid.default_model import default_model_path
 from camelid.generate import StopStringMatcher
+from model_files import smollm2_path
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
 def model():
-    try:
-        path = default_model_path()
-    except Exception as exc:
-        pytest.skip(str(exc))
-    return camelid.load(path, n_ctx=512, show_progress=False)
+    return camelid.load(smollm2_path(), n_ctx=512, show_progress=False)
 
 
 def collect(chunks):

