@@ -173,37 +173,16 @@ def _random_weights(hp: dict[str, Any]) -> dict[str, np.ndarray]:
     return w
 
 
-def write_tiny_model(
-    path: str | Path,
-    arch: str = "llama",
-    *,
-    n_vocab: int = N_BASE_VOCAB,
-    n_embd: int = 64,
-    n_layer: int = 2,
-    n_head: int = 4,
-    n_head_kv: int = 2,
-    n_ff: int = 128,
-    n_ctx_train: int = 256,
-    rope_base: float = 10000.0,
-    rope_scale_linear: float | None = None,
-    rms_eps: float | None = None,
-    tied_output: bool = False,
-    weight_type: str = "F32",
-    seed: int = 0,
-    merges=MERGES,
-) -> dict[str, np.ndarray]:
+def write_tiny_model(path: str | Path, arch: str = "llama", *, merges=MERGES, **hparams) -> dict[str, np.ndarray]:
     """Write a tiny random `arch` model to `path` as GGUF; return its weights as float64.
 
-    The returned dict maps each GGUF tensor name to a float64 copy of exactly the values stored
-    (after F16 rounding for weight_type "F16"), in NumPy order (n_out, n_in). For a tied output
-    there is no "output.weight" entry, as in the file. See `tiny_hparams` for the metadata written.
+    Keyword arguments are those of `tiny_hparams` (sizes, rope settings, tied_output, weight_type,
+    seed). The returned dict maps each GGUF tensor name to a float64 copy of exactly the values
+    stored (after F16 rounding for weight_type "F16"), in NumPy order (n_out, n_in). For a tied
+    output there is no "output.weight" entry, as in the file.
     """
-    hp = tiny_hparams(
-        arch, n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
-        n_ff=n_ff, n_ctx_train=n_ctx_train, rope_base=rope_base,
-        rope_scale_linear=rope_scale_linear, rms_eps=rms_eps, tied_output=tied_output,
-        weight_type=weight_type, seed=seed,
-    )
+    hp = tiny_hparams(arch, **hparams)
+    weight_type = hp["weight_type"]
     weights = _random_weights(hp)
     stored: dict[str, np.ndarray] = {}
     for name, t in weights.items():
