@@ -196,18 +196,19 @@ def write_tiny_model(path: str | Path, arch: str = "llama", *, merges=MERGES, **
         gguf.LlamaFileType.MOSTLY_F16 if weight_type == "F16" else gguf.LlamaFileType.ALL_F32
     )
     writer.add_context_length(hp["n_ctx_train"])
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
+    writer.add_embedding_length(hp["n_embd"])
+    writer.add_block_count(hp["n_layer"])
+    writer.add_feed_forward_length(hp["n_ff"])
+    writer.add_head_count(hp["n_head"])
+    writer.add_head_count_kv(hp["n_head_kv"])
     writer.add_layer_norm_rms_eps(hp["rms_eps"])
     writer.add_rope_freq_base(hp["rope_base"])
     writer.add_rope_dimension_count(hp["head_dim"])
-    if rope_scale_linear is not None:
+    if hp["rope_scale_linear"] is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(hp["rope_scale_linear"])
 
+    n_vocab = hp["n_vocab"]
     tokens = vocab_tokens(n_vocab, merges)
     n_normal = 256 + len(merges)
     types = [int(gguf.TokenType.NORMAL)] * n_normal + [int(gguf.TokenType.CONTROL)] * (n_vocab - n_normal)
