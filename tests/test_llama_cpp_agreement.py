@@ -2,17 +2,19 @@
 
 Both engines are fed the same tokens: the prompt followed by llama.cpp's own 64-token greedy
 continuation (teacher forcing). At each of those 64 positions the top-1 token must agree at >= 98% of
-positions and every logit must agree within LOGIT_TOLERANCE. Then each engine runs greedily on its
-own, and the first 16 tokens must be identical.
+positions and every logit must agree within the tolerance below. Then each engine runs greedily on
+its own, and the first 16 tokens must be identical.
 
-Why LOGIT_TOLERANCE = 0.25: camelid reproduces llama.cpp's quantization of the activations (Q8_1
-blocks for Q4_1 weights, Q8_0 for the Q8_0 output matrix) and its float16 KV cache, so the remaining
-difference is float32 summation order (BLAS vs ggml's SIMD integer dot products), plus an occasional
-activation that rounds to the neighbouring int8 step and moves one block's contribution by one step.
-Measured on this model the largest difference over all 3 x 64 x 49152 logits is about 0.04 (see the
-assertion message); logits span about 30 units, so 0.25 is under 1% of the range yet far below
-what a real bug (a wrong RoPE layout, a dropped bias, a transposed block) does: those move logits by
-several units and break the top-1 agreement.
+The tolerance is zero. camelid reproduces the arithmetic of the llama.cpp build that pip compiles on
+this AVX-512 VNNI machine operation by operation (int8 activation blocks, the SIMD lane order of each
+dot product, glibc's cosf/sinf in RoPE, ggml's exp polynomial in softmax and SiLU, the f16 KV cache
+padded to 256 positions), so its logits are the same float32 bits. Anything short of that is not a
+small error on this model: its residual stream carries activations of ~25000 and every matmul input
+is rounded to int8, so a one-ulp difference flips an int8 code and grows through the layers to about
+one logit. llama.cpp's own flash-attention variant differs from its default path by 1.1-1.4 logits
+and agrees on the top-1 token at only 96.9-100% of these positions. On a CPU without AVX-512 VNNI the
+pip-built llama.cpp takes other code paths; there the test falls back to that noise floor
+(tolerance 2.0, top-1 >= 95%) and says so.
 """
 
 from __future__ import annotations
@@ -26,7 +28,22 @@ from model_files import smollm2_path  # noqa: E402
 
 N_FORCED = 64
 N_GREEDY = 16
-LOGIT_TOLERANCE = 0.25
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+EMULATED_BUILD = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma"} <= _cpu_flags()
+LOGIT_TOLERANCE = 0.0 if EMULATED_BUILD else 2.0
+MIN_TOP1 = 0.98 if EMULATED_BUILD else 0.95
 PROMPTS = {
     "english-chat": "<|im_start|>user\nWhat is the capital of France? Explain briefly.<|im_end|>\n<|im_start|>assistant\n",
     "chinese-chat": "<|im_start|>user\n请用中文介绍一下长城的历史。<|im_end|>\n<|im_start|>assistant\n",
@@ -96,8 +113,8 @@ def test_teacher_forced_logits(oracle, model, name):
     assert ours.shape == ref.shape == (N_FORCED, model.network.n_vocab)
     top1_agreement = np.mean(ours.argmax(-1) == ref.argmax(-1))
     max_diff = float(np.abs(ours - ref).max())
-    assert top1_agreement >= 0.98, f"top-1 agreement {top1_agreement:.3f}, max logit diff {max_diff:.4f}"
-    assert max_diff < LOGIT_TOLERANCE, f"max logit diff {max_diff:.4f} (top-1 agreement {top1_agreement:.3f})"
+    assert top1_agreement >= MIN_TOP1, f"top-1 agreement {top1_agreement:.3f}, max logit diff {max_diff:.4f}"
+    assert max_diff <= LOGIT_TOLERANCE, f"max logit diff {max_diff:.4f} (top-1 agreement {top1_agreement:.3f})"
 
 
 @pytest.mark.parametrize("name", PROMPTS)

@@ -397,6 +397,16 @@ def test_matmul_matches_ggml_vec_dot(ggml_cpu, t):
 @pytest.mark.parametrize("t", [T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.F16], ids=lambda t: t.name)
 @pytest.mark.parametrize("n_tokens", [1, 13])
 def test_qtensor_matmul_tiles(monkeypatch, t, n_tokens):
+    """The dequantize-and-BLAS fallback (used for a type without a kernel) and its float32 cache."""
+    kernel = qtensor.registered_kernel(t)
+    register_kernel(t, None)
+    try:
+        _check_matmul_tiles(monkeypatch, t, n_tokens)
+    finally:
+        register_kernel(t, kernel)
+
+
+def _check_matmul_tiles(monkeypatch, t, n_tokens):
     rng = np.random.default_rng(int(t) * 10 + n_tokens)
     n_out, n_in = 45, 512
     raw = random_raw(t, n_out, n_in, rng) if t in QUANT_TYPES else gq.quantize(
@@ -455,10 +465,13 @@ def test_registered_kernel_replaces_the_blas_path():
 
     raw = random_raw(T.Q4_0, 8, 64, np.random.default_rng(13))
     w = QTensor("w", T.Q4_0, (8, 64), raw)
+    builtin = qtensor.registered_kernel(T.Q4_0)
     register_kernel(T.Q4_0, kernel)
     try:
         assert np.all(w.matmul(np.ones((3, 64), np.float32)) == 42.0) and calls == [(3, 64)]
-    finally:
         register_kernel(T.Q4_0, None)
-    assert not np.all(w.matmul(np.ones((3, 64), np.float32)) == 42.0)
+        assert qtensor.registered_kernel(T.Q4_0) is None
+        assert not np.all(w.matmul(np.ones((3, 64), np.float32)) == 42.0)
+    finally:
+        register_kernel(T.Q4_0, builtin)
     assert activations.VEC_DOT_TYPE[T.Q4_0] == T.Q8_0

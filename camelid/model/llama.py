@@ -13,10 +13,10 @@ from camelid.model.cache import KVCache
 from camelid.model.config import Config
 from camelid.model.ops import Rope, attention, rms_norm, silu_mul
 from camelid.quant import QTensor, load_vector
+from camelid.quant.kernels import kernels_compiled
 
-# Keep dequantized float32 copies of the weights when they take at most this many bytes: generation
-# then runs on BLAS matrix-vector products instead of dequantizing every weight for every token.
-DEQUANTIZED_CACHE_LIMIT = 2 * 1024**3
+# Tokens per forward pass, as llama.cpp's default n_ubatch (and llama-cpp-python's n_batch).
+UBATCH = 512
 
 
 @dataclass
@@ -82,7 +82,7 @@ class LlamaModel:
             ))
         freq_factors = vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
         self.rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, freq_factors)
-        self._cache_weights(show_progress)
+        self._prepare_weights(show_progress)
 
     @staticmethod
     def _tensor(tensors, name: str, shape: tuple[int, ...]):
@@ -100,14 +100,12 @@ class LlamaModel:
             mats += [b.attn_q, b.attn_k, b.attn_v, b.attn_output, b.ffn_gate, b.ffn_up, b.ffn_down]
         return mats
 
-    def _cache_weights(self, show_progress: bool) -> None:
+    def _prepare_weights(self, show_progress: bool) -> None:
+        """Unpack each weight matrix once for its kernel (the first run also compiles the kernels)."""
         mats = self.matrices()
-        float_bytes = sum(4 * m.shape[0] * m.shape[1] for m in mats)
-        if float_bytes > DEQUANTIZED_CACHE_LIMIT:
-            return
-        for m in tqdm(mats, desc="dequantizing weights", unit="tensor", disable=None if show_progress else True, leave=False):
-            m.cache_dequantized = True
-            m.dequantized()
+        desc = "preparing weights" if kernels_compiled() else "compiling kernels (first run only)"
+        for m in tqdm(mats, desc=desc, unit="tensor", disable=None if show_progress else True, leave=False):
+            m.prepare()
 
     def new_cache(self, n_ctx: int) -> KVCache:
         """An empty KV cache for n_ctx positions."""
@@ -127,6 +125,12 @@ class LlamaModel:
             raise CamelidError(f"{start + n} tokens do not fit in the context of {cache.n_ctx}; use a larger context (-c) or a shorter prompt.")
         if n and (tokens.min() < 0 or tokens.max() >= self.n_vocab):
             raise CamelidError(f"token id out of range 0..{self.n_vocab - 1}.")
+        if n > UBATCH:
+            # llama.cpp evaluates a long prompt in batches of n_ubatch tokens, and its kernels round
+            # differently for different batch sizes (tinyBLAS or vec_dot, tiled or not, gemm or gemv)
+            parts = [self.forward(tokens[i:i + UBATCH], cache, last_only=last_only)
+                     for i in range(0, n, UBATCH)]
+            return parts[-1] if last_only else np.concatenate(parts)
         positions = np.arange(start, start + n)
         x = self.token_embd.get_rows(tokens)  # (n, n_embd)
         for layer, b in enumerate(self.blocks):
@@ -144,9 +148,9 @@ class LlamaModel:
             end = start + n
             att = attention(q, cache.k[layer, :end], cache.v[layer, :end], start)  # (n, n_head * head_dim)
             x = x + b.attn_output.matmul(att)
+            if last_only and layer == c.n_layer - 1:
+                x = x[-1:]  # as llama.cpp: the last feed-forward runs on the output rows only
             h = rms_norm(x, b.ffn_norm, c.rms_eps)
             x = x + b.ffn_down.matmul(silu_mul(b.ffn_gate.matmul(h), b.ffn_up.matmul(h)))
         cache.tokens.extend(int(t) for t in tokens)
-        if last_only:
-            x = x[-1:]
         return self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))

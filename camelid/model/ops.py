@@ -1,12 +1,20 @@
-"""The transformer's non-matmul operations, in NumPy, with llama.cpp's numerics.
+"""The transformer's non-matmul operations, with llama.cpp's numerics bit for bit.
 
-Each op works on float32 and mirrors where llama.cpp rounds: the attention reads float16 keys and
-values and (like ggml's f16 matmul) rounds the queries and the attention weights to float16 first.
+Each op works on float32 and rounds exactly where llama.cpp's x86 AVX-512 CPU path rounds (see
+camelid.quant.ggml_math for the primitives): RMSNorm's float64 sum, RoPE with glibc's cosf/sinf and
+GCC's fused multiply-adds, SwiGLU with ggml_v_silu, and the attention as ggml's non-flash path runs
+it: float16 keys and values, queries and attention weights rounded to float16, the two products in
+tinyBLAS's or ggml_vec_dot_f16's lane order, and ggml's softmax with ggml_v_expf.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
+
+from camelid.quant.ggml_math import f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
+
+U = np.uint64
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -21,8 +29,27 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """SwiGLU's elementwise part: silu(gate) * up, all (n, n_ff) float32."""
-    return gate / (np.float32(1.0) + np.exp(-gate)) * up
+    """SwiGLU's elementwise part: silu(gate) * up, all (n, n_ff) float32, as ggml_vec_swiglu_f32.
+
+    Each row goes 16 values at a time through ggml_v_silu; a last partial group uses the scalar
+    ggml_silu_f32 (glibc's expf).
+    """
+    gate = np.ascontiguousarray(gate, dtype=np.float32)
+    up = np.ascontiguousarray(up, dtype=np.float32)
+    out = np.empty_like(gate)
+    _swiglu(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), out.reshape(-1, out.shape[-1]))
+    return out
+
+
+@njit(cache=True, boundscheck=False)
+def _swiglu(g, u, out):
+    n, m = g.shape
+    m16 = m - m % 16
+    for r in range(n):
+        for i in range(m16):
+            out[r, i] = v_silu(g[r, i]) * u[r, i]
+        for i in range(m16, m):
+            out[r, i] = silu_f32(g[r, i]) * u[r, i]
 
 
 class Rope:
@@ -42,6 +69,7 @@ class Rope:
         self.theta_scale = np.float32(base) ** np.float32(-2.0 / rope_dim)  # powf(base, -2/n_dims)
         self.freq_scale = np.float32(1.0 / scale)
         self.freq_factors = None if freq_factors is None else freq_factors.astype(np.float32)
+        self._last = None  # (positions bytes, (cos, sin)) of the last call to cos_sin
 
     def angles(self, positions: np.ndarray) -> np.ndarray:
         """(n,) positions -> (n, rope_dim/2) float32 angles."""
@@ -55,44 +83,219 @@ class Rope:
             out /= self.freq_factors[None, :]
         return out * self.freq_scale
 
-    def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """x (n, n_heads, head_dim) float32 rotated in place by positions (n,); returns x."""
+    def cos_sin(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, rope_dim/2) float32 cosines and sines of the angles, by glibc's cosf and sinf.
+
+        The last result is kept: every layer rotates its queries and keys by the same positions.
+        """
+        key = np.asarray(positions).tobytes()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         angles = self.angles(positions)
-        cos = np.cos(angles.astype(np.float64)).astype(np.float32)[:, None, :]  # (n, 1, rope_dim/2), as cosf
-        sin = np.sin(angles.astype(np.float64)).astype(np.float32)[:, None, :]
-        half = self.rope_dim // 2
-        if self.neox:
-            a = x[..., :half].copy()
-            b = x[..., half:self.rope_dim].copy()
-            x[..., :half] = a * cos - b * sin
-            x[..., half:self.rope_dim] = a * sin + b * cos
-        else:
-            a = x[..., 0:self.rope_dim:2].copy()
-            b = x[..., 1:self.rope_dim:2].copy()
-            x[..., 0:self.rope_dim:2] = a * cos - b * sin
-            x[..., 1:self.rope_dim:2] = a * sin + b * cos
+        cos = np.empty_like(angles)
+        sin = np.empty_like(angles)
+        _cos_sin(angles.reshape(-1), cos.reshape(-1), sin.reshape(-1))
+        self._last = (key, (cos, sin))
+        return cos, sin
+
+    def apply(self, x: np.ndarray, positions: np.ndarray, cos_sin=None) -> np.ndarray:
+        """x (n, n_heads, head_dim) float32 rotated in place by positions (n,); returns x.
+
+        Pairs (x0, x1) become (x0*cos - x1*sin, x0*sin + x1*cos) with GCC's contraction of ggml's
+        rotate_pairs: fma(x0, cos, -(x1*sin)) and fma(x0, sin, x1*cos). `cos_sin` may pass the
+        result of `cos_sin(positions)` to share it between the queries and the keys.
+        """
+        cos, sin = self.cos_sin(positions) if cos_sin is None else cos_sin
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            raise ValueError("Rope.apply needs a C-contiguous float32 array")
+        _rotate(x.reshape(x.shape[0], -1, x.shape[-1]), cos, sin, self.rope_dim, self.neox)
         return x
 
 
+@njit(cache=True, boundscheck=False)
+def _cos_sin(angles, cos, sin):
+    for i in range(angles.size):
+        cos[i] = libm_cosf(angles[i])
+        sin[i] = libm_sinf(angles[i])
+
+
+@njit(cache=True, boundscheck=False)
+def _rotate(x, cos, sin, rope_dim, neox):
+    n, n_heads, _ = x.shape
+    half = rope_dim // 2
+    for t in range(n):
+        for h in range(n_heads):
+            for i in range(half):
+                if neox:
+                    i0, i1 = i, i + half
+                else:
+                    i0, i1 = 2 * i, 2 * i + 1
+                c = cos[t, i]
+                s = sin[t, i]
+                x0 = x[t, h, i0]
+                x1 = x[t, h, i1]
+                x[t, h, i0] = fma32(x0, c, -(x1 * s))
+                x[t, h, i1] = fma32(x0, s, x1 * c)
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
-    """Causal grouped-query attention.
+    """Causal grouped-query attention, as ggml's non-flash path computes it.
 
     q (n, n_head, d) float32 for positions start..start+n-1; k, v (T, n_head_kv, d) float16 for
     positions 0..T-1 with T = start + n. Query head h reads key/value head h // (n_head / n_head_kv).
     Returns (n, n_head * d) float32.
+
+    llama.cpp pads the number of cached positions it reads to a multiple of 256 and masks the extra
+    ones; they contribute exact zeros, so only the lane structure they imply is reproduced. With
+    n >= 2 tokens both products run in llamafile's tinyBLAS (16 float lanes over the contracted
+    index, in order, then `_mm512_reduce_add_ps`); a single token uses ggml_vec_dot_f16 (4 x 16
+    lanes over 64-value steps); a head size tinyBLAS cannot take (not a multiple of 16 for the
+    scores, of 4 for the output) falls back to ggml_vec_dot_f16 as llama.cpp does.
     """
     n, n_head, d = q.shape
     t, n_kv, _ = k.shape
+    if t != start + n or n_head % n_kv:
+        raise ValueError(f"attention: {t} cached positions for {n} queries from {start}, {n_head} heads over {n_kv}")
+    q16 = np.ascontiguousarray(q, dtype=np.float32).astype(np.float16).astype(np.float32)
+    k16 = np.ascontiguousarray(k, dtype=np.float16).view(np.uint16)  # Numba has no float16: the bits
+    v16 = np.ascontiguousarray(v, dtype=np.float16).view(np.uint16)
+    scale = np.float32(1.0) / np.sqrt(np.float32(d))  # 1.0f / sqrtf(head_dim)
+    out = np.empty((n, n_head * d), dtype=np.float32)
+    # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16) flat, so that the
+    # scores of consecutive positions come out of vector operations; values (n_kv, T, d)
+    t16 = (t + 15) // 16 * 16
+    kt = np.empty(n_kv * d * t16, np.float32)
+    v32 = np.empty((n_kv, t, d), np.float32)
+    _widen_kv(k16, v16, kt, v32)
+    kq_tiny = n >= 2 and d % 16 == 0
+    kqv_tiny = n >= 2 and d % 4 == 0
+    _attention(q16, kt, v32, start, scale, kq_tiny, kqv_tiny, out)
+    return out
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _widen_kv(k16, v16, kt, v32):
+    """float16 bits -> float32: values as they are (n_kv, T, d), keys transposed to flat
+    (n_kv, d, T16) through a tile of 16 positions (read by rows, written by columns)."""
+    t_len, n_kv, d = k16.shape
+    ud = U(d)
+    t16 = U((t_len + 15) // 16 * 16)
+    kflat = k16.reshape(-1)
+    vflat = v16.reshape(-1)
+    v32flat = v32.reshape(-1)
+    for hk in prange(n_kv):
+        tile = np.empty(16 * d, np.float32)
+        uh = U(hk)
+        for t in range(U(t_len)):
+            oi = (t * U(n_kv) + uh) * ud
+            oo = (uh * U(t_len) + t) * ud
+            for c in range(ud):
+                v32flat[oo + c] = f16_to_f32(vflat[oi + c])
+        for t0 in range(U(0), U(t_len), U(16)):
+            nb = min(U(16), U(t_len) - t0)
+            for tt in range(nb):
+                oi = ((t0 + tt) * U(n_kv) + uh) * ud
+                for c in range(ud):
+                    tile[tt * ud + c] = f16_to_f32(kflat[oi + c])
+            for c in range(ud):
+                ok = (uh * ud + c) * t16 + t0
+                for tt in range(nb):
+                    kt[ok + tt] = tile[tt * ud + c]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
+    """One (head, query) per job; see `attention`. Positions go 64 at a time through the scores:
+    blk[lane, tt] holds lane `lane` (tinyBLAS: c % 16; vec_dot_f16: c % 64) of position t0 + tt."""
+    n, n_head, d = q.shape
+    n_kv, t_len, _ = v32.shape
     group = n_head // n_kv
-    q16 = q.astype(np.float16).astype(np.float32).reshape(n, n_kv, group, d).transpose(1, 2, 0, 3)  # (n_kv, g, n, d)
-    kt = k.astype(np.float32).transpose(1, 2, 0)[:, None]  # (n_kv, 1, d, T)
-    scores = (q16 @ kt) * np.float32(1.0 / np.sqrt(d))  # (n_kv, g, n, T)
-    if n > 1:
-        future = np.arange(t)[None, :] > (start + np.arange(n))[:, None]  # (n, T)
-        scores[..., future] = -np.inf
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores *= (1.0 / scores.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
-    probs16 = scores.astype(np.float16).astype(np.float32)
-    out = probs16 @ v.astype(np.float32).transpose(1, 0, 2)[:, None]  # (n_kv, g, n, d)
-    return out.transpose(2, 0, 1, 3).reshape(n, n_head * d)
+    ud = U(d)
+    t16 = U((t_len + 15) // 16 * 16)
+    n_lanes = U(16) if kq_tiny else U(64)
+    n64 = U(d) if kq_tiny else U(d - d % 64)  # vec_dot_f16 adds the last d % 64 products in float64
+    for job in prange(n_head * n):
+        h = job // n
+        i = job % n
+        hk = h // group
+        n_vis = start + i + 1  # positions this query sees
+        n_pad = (n_vis + 15) // 16 * 16  # the 16-value groups that hold them
+        w = np.empty(n_pad, np.float32)
+        blk = np.zeros(64 * 64, np.float32)  # (lane, position in the block)
+        tail = np.zeros(64, np.float64)
+        # scores kq[t] = k[t] . q, then w = kq * scale + mask; up to 64 positions at a time
+        for t0 in range(U(0), U(n_pad), U(64)):
+            nb = min(U(64), U(n_pad) - t0)  # a multiple of 16, and a run-time trip count (vectorized)
+            blk[:] = 0
+            for c in range(n64):
+                qc = q[i, h, c]
+                o = (c % n_lanes) * U(64)
+                ok = (U(hk) * ud + c) * t16 + t0
+                for tt in range(nb):
+                    blk[o + tt] = fma32(kt[ok + tt], qc, blk[o + tt])
+            if not kq_tiny:  # 4 registers of 16 lanes: (s0 + s2) + (s1 + s3)
+                for lane in range(U(16)):
+                    o = lane * U(64)
+                    for tt in range(nb):
+                        blk[o + tt] = (blk[o + tt] + blk[U(2048) + o + tt]) + (blk[U(1024) + o + tt] + blk[U(3072) + o + tt])
+            for tt in range(nb):  # _mm512_reduce_add_ps of each position's 16 lanes
+                b0 = blk[tt] + blk[U(512) + tt]
+                b1 = blk[U(64) + tt] + blk[U(576) + tt]
+                b2 = blk[U(128) + tt] + blk[U(640) + tt]
+                b3 = blk[U(192) + tt] + blk[U(704) + tt]
+                b4 = blk[U(256) + tt] + blk[U(768) + tt]
+                b5 = blk[U(320) + tt] + blk[U(832) + tt]
+                b6 = blk[U(384) + tt] + blk[U(896) + tt]
+                b7 = blk[U(448) + tt] + blk[U(960) + tt]
+                w[t0 + tt] = ((b0 + b4) + (b2 + b6)) + ((b1 + b5) + (b3 + b7))
+            if n64 < ud:  # vec_dot_f16's tail, summed in float64 (float16 products are exact)
+                for tt in range(nb):
+                    tail[tt] = np.float64(w[t0 + tt])
+                for c in range(n64, ud):
+                    qc = q[i, h, c]
+                    ok = (U(hk) * ud + c) * t16 + t0
+                    for tt in range(nb):
+                        tail[tt] += np.float64(kt[ok + tt] * qc)
+                for tt in range(nb):
+                    w[t0 + tt] = np.float32(tail[tt])
+        for t in range(n_pad):
+            w[t] = w[t] * scale if t < n_vis else -np.inf
+        # softmax: ggml_vec_max_f32, ggml_vec_soft_max_f32 (ggml_v_expf, a float64 sum of 16-lane sums)
+        mx = -np.inf
+        for t in range(n_pad):
+            mx = max(mx, w[t])
+        total = 0.0
+        for b in range(0, n_pad, 16):
+            for lane in range(16):
+                w[b + lane] = v_expf(w[b + lane] - mx)
+            total += np.float64(hsum16(w, b))
+        inv = np.float32(1.0 / total)
+        for t in range(n_pad):
+            w[t] = round_f16(w[t] * inv)
+        # output: out[i, h*d + c] = sum_t w[t] * v[t, hk, c], lanes t % 16 (tinyBLAS) or t % 64
+        o = h * d
+        n_acc = U(16) if kqv_tiny else U(64)
+        acc = np.zeros(n_acc * ud, np.float32)  # (t % n_acc, c)
+        vflat = v32.reshape(-1)
+        ov = U(hk) * U(t_len) * ud
+        for t in range(U(n_vis)):
+            p = w[t]
+            oa = (t % n_acc) * ud
+            ot = ov + t * ud
+            for c in range(ud):
+                acc[oa + c] = fma32(p, vflat[ot + c], acc[oa + c])
+        if not kqv_tiny:
+            for lane in range(U(16)):
+                for c in range(ud):
+                    acc[lane * ud + c] = (acc[lane * ud + c] + acc[(U(32) + lane) * ud + c]) + (
+                        acc[(U(16) + lane) * ud + c] + acc[(U(48) + lane) * ud + c])
+        for c in range(ud):
+            b0 = acc[c] + acc[U(8) * ud + c]
+            b1 = acc[ud + c] + acc[U(9) * ud + c]
+            b2 = acc[U(2) * ud + c] + acc[U(10) * ud + c]
+            b3 = acc[U(3) * ud + c] + acc[U(11) * ud + c]
+            b4 = acc[U(4) * ud + c] + acc[U(12) * ud + c]
+            b5 = acc[U(5) * ud + c] + acc[U(13) * ud + c]
+            b6 = acc[U(6) * ud + c] + acc[U(14) * ud + c]
+            b7 = acc[U(7) * ud + c] + acc[U(15) * ud + c]
+            out[i, U(o) + c] = ((b0 + b4) + (b2 + b6)) + ((b1 + b5) + (b3 + b7))

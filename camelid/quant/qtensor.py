@@ -1,10 +1,12 @@
 """Weight matrices that stay in their quantized bytes, and the matrix product on them.
 
-A `QTensor` wraps the memory-mapped raw bytes of one (n_out, n_in) weight matrix. `matmul` rounds
-the activations the way llama.cpp does (`activations.fake_quantize`), then multiplies them by the
-weights dequantized a tile of rows at a time (about 16 MB of float32), with BLAS. A faster kernel for
-a type (Numba, later) plugs in with `register_kernel` and every caller picks it up; small models can
-set `cache_dequantized` to keep the float32 matrix and skip the dequantization on every call.
+A `QTensor` wraps the memory-mapped raw bytes of one (n_out, n_in) weight matrix. `matmul` runs the
+kernel registered for its type: the built-in ones (camelid.quant.kernels, loaded on first use)
+reproduce llama.cpp's products bit for bit, from weights unpacked once per tensor (`prepare`).
+A type without a kernel falls back to rounding the activations the way llama.cpp does
+(`activations.fake_quantize`) and multiplying them by the weights dequantized a tile of rows at a
+time (about 16 MB of float32) with BLAS, which agrees with llama.cpp up to the order of the float
+additions; for those types `cache_dequantized` keeps the float32 matrix between calls.
 """
 
 from __future__ import annotations
@@ -27,14 +29,30 @@ _MIN_SUM_TYPES = (T.Q4_1, T.Q5_1)
 
 MatmulKernel = Callable[["QTensor", np.ndarray], np.ndarray]
 _KERNELS: dict[GGMLQuantizationType, MatmulKernel] = {}
+_builtin_loaded = False
+
+
+def _load_builtin_kernels() -> None:
+    """Register camelid.quant.kernels' exact kernels once (importing Numba only when first needed)."""
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    _builtin_loaded = True
+    from camelid.quant.kernels import BUILTIN_KERNELS
+
+    for ggml_type, kernel in BUILTIN_KERNELS.items():
+        _KERNELS.setdefault(ggml_type, kernel)
 
 
 def register_kernel(ggml_type: GGMLQuantizationType, kernel: MatmulKernel | None) -> None:
     """Make `QTensor.matmul` use `kernel(qtensor, x) -> (n_tokens, n_out) float32` for a weight type.
 
     The kernel receives the float32 activations (n_tokens, n_in) as they are and applies llama.cpp's
-    activation rounding itself. Pass None to go back to the dequantize-and-BLAS path.
+    activation rounding itself; if it has a `prepare(qtensor)` attribute, `QTensor.prepare` calls it
+    to build per-tensor data up front. This replaces the built-in kernel of the type; pass None to go
+    back to the dequantize-and-BLAS path.
     """
+    _load_builtin_kernels()
     if kernel is None:
         _KERNELS.pop(ggml_type, None)
     else:
@@ -43,6 +61,7 @@ def register_kernel(ggml_type: GGMLQuantizationType, kernel: MatmulKernel | None
 
 def registered_kernel(ggml_type: GGMLQuantizationType) -> MatmulKernel | None:
     """The kernel registered for a weight type, or None."""
+    _load_builtin_kernels()
     return _KERNELS.get(ggml_type)
 
 
@@ -78,7 +97,9 @@ class QTensor:
         self.raw = raw
         self._dense: np.ndarray | None = None  # (n_out, n_in) float32 when cached
         self._mins: np.ndarray | None = None  # (n_out, n_in / 32) float32, Q4_1/Q5_1 when cached
-        self._cache = bool(cache_dequantized)
+        self._cache = False
+        self.cache_dequantized = cache_dequantized
+        self.kernel_data = None  # what the type's kernel built from `raw` (see `prepare`)
 
     @classmethod
     def from_info(cls, info: TensorInfo, cache_dequantized: bool = False) -> "QTensor":
@@ -97,14 +118,28 @@ class QTensor:
 
     @property
     def cache_dequantized(self) -> bool:
-        """Whether the float32 matrix is built once and kept; setting False frees it."""
+        """Whether the float32 matrix is built once and kept; setting False frees it.
+
+        Types with a kernel never keep it (the kernel works from its own unpacked data), so setting
+        True has no effect for them.
+        """
         return self._cache
 
     @cache_dequantized.setter
     def cache_dequantized(self, value: bool) -> None:
-        self._cache = bool(value)
+        self._cache = bool(value) and registered_kernel(self.ggml_type) is None
         if not self._cache:
             self._dense = self._mins = None
+
+    def prepare(self) -> None:
+        """Build once what `matmul` needs: the kernel's unpacked weights, or the float32 cache."""
+        kernel = registered_kernel(self.ggml_type)
+        if kernel is not None:
+            prepare = getattr(kernel, "prepare", None)
+            if prepare is not None:
+                prepare(self)
+        elif self._cache:
+            self.dequantized()
 
     def dequantize(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows start..stop of the matrix as a new float32 array (stop - start, n_in)."""
@@ -146,18 +181,18 @@ class QTensor:
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """x @ W.T with llama.cpp's activation rounding: (n_tokens, n_in) -> (n_tokens, n_out) float32.
 
-        Uses the cached float32 matrix if `cache_dequantized` is set, else a registered kernel for the
-        type, else dequantizes row tiles and calls BLAS. A 1-D x gives a 1-D result.
+        Uses the kernel registered for the type, else the cached float32 matrix if `cache_dequantized`
+        is set, else dequantizes row tiles and calls BLAS. A 1-D x gives a 1-D result.
         """
         x = np.asarray(x, dtype=np.float32)
         vector = x.ndim == 1
         x2 = x.reshape(1, -1) if vector else x
         if x2.ndim != 2 or x2.shape[1] != self.shape[1]:
             raise ValueError(f"{self.name}: activations of shape {x.shape} do not match weights {self.shape}")
-        if self._cache:
-            y = self._matmul_cached(x2)
-        elif (kernel := _KERNELS.get(self.ggml_type)) is not None:
+        if (kernel := registered_kernel(self.ggml_type)) is not None:
             y = kernel(self, x2)
+        elif self._cache:
+            y = self._matmul_cached(x2)
         else:
             y = self._matmul_tiled(x2)
         return y.reshape(-1) if vector else y

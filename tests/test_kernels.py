@@ -1,0 +1,214 @@
+"""camelid's exact matmul kernels and ggml primitives against llama.cpp's compiled ggml, bit for bit.
+
+The oracle is the ggml CPU library that llama-cpp-python built on this machine (tests/ggml_oracle.py):
+a real GGML_OP_MUL_MAT graph on its CPU backend, so each product takes the code path llama.cpp takes
+for that weight type and batch size (llamafile's tinyBLAS, the tiled K-quant kernels, vec_dot, or the
+repacked Q4_0 / Q4_K kernels when the weights sit in the CPU_REPACK buffer). Every output must have
+the same float32 bits. A float64 product of the same operands checks, independently of llama.cpp, that
+the kernels compute the product at all, within the rounding error their summation order allows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import gguf.quants as gq
+from gguf import GGMLQuantizationType as T
+
+from camelid.quant import QTensor, registered_kernel
+from camelid.quant.activations import fake_quantize, q8_1_sum_correction, quantize_q8_0, quantize_q8_1
+from camelid.quant.blocks import BLOCK_TYPES, SUPPORTED_TYPES
+
+QUANT = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+FLOAT = [T.F32, T.F16, T.BF16]
+TOKENS = [1, 2, 3, 5, 8, 13]  # vec_dot / tinyBLAS / gemv / gemm / tiled thresholds are 2, 4 and 8
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    from ggml_oracle import Ggml
+
+    try:
+        lib = Ggml()
+    except (ImportError, OSError, AttributeError) as exc:
+        pytest.skip(f"llama-cpp-python's ggml library is not usable here: {exc}")
+    if not (lib.has_avx2 and lib.has_avx512):
+        pytest.skip("camelid reproduces the x86 AVX-512 build of ggml; this one differs")
+    return lib
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def random_weights(t, n_out: int, n_in: int, rng) -> np.ndarray:
+    """(n_out, row_bytes) uint8: random blocks with finite float16 scales, or quantized normals."""
+    if t in FLOAT:
+        w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        return np.ascontiguousarray(gq.quantize(w, t)).view(np.uint8).reshape(n_out, -1)
+    bt = BLOCK_TYPES[t]
+    raw = rng.integers(0, 256, size=(n_out, n_in // bt.block_size * bt.type_size), dtype=np.uint8)
+    recs = raw.reshape(-1).view(bt.dtype)
+    for name in recs.dtype.names:
+        if recs.dtype.fields[name][0] == np.dtype("<f2"):
+            recs[name] = (rng.standard_normal(len(recs)) * 0.05).astype(np.float16)
+    return raw
+
+
+def activations(n: int, k: int, rng) -> np.ndarray:
+    """Rows like a transformer's: mostly small, a few large values (ggml's int8 steps then matter)."""
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    x[:, rng.integers(0, k, 3)] *= 40.0
+    return x
+
+
+def float64_product(t, raw: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The product of the activations as llama.cpp rounds them and the weights, in float64; and
+    sum |x||w|, the scale of its rounding error."""
+    w = QTensor("w", t, (raw.shape[0], x.shape[1]), raw).dequantize().astype(np.float64)
+    xq = fake_quantize(x, t).astype(np.float64)
+    ref = xq @ w.T
+    if t in (T.Q4_1, T.Q5_1):
+        mins = raw.reshape(-1).view(BLOCK_TYPES[t].dtype)["m"].astype(np.float64).reshape(raw.shape[0], -1)
+        ref += q8_1_sum_correction(x).astype(np.float64) @ mins.T
+    return ref, np.abs(xq) @ np.abs(w).T
+
+
+def check(ggml, t, n_out: int, n_in: int, n_tok: int, name: str, repack: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    raw = random_weights(t, n_out, n_in, rng)
+    x = activations(n_tok, n_in, rng)
+    y = QTensor(name, t, (n_out, n_in), raw).matmul(x)
+    expected = ggml.mul_mat(t, raw, x, repack=repack)
+    assert y.dtype == np.float32 and y.shape == (n_tok, n_out)
+    mismatch = np.argwhere(bits(y) != bits(expected))
+    assert mismatch.size == 0, (
+        f"{t.name} {n_tok} tokens: {len(mismatch)} of {y.size} outputs differ from ggml, first at "
+        f"{tuple(mismatch[0])}: {y[tuple(mismatch[0])]!r} vs {expected[tuple(mismatch[0])]!r}")
+    ref, scale = float64_product(t, raw, x)
+    # at most n_in/16 + 10 successive float32 roundings touch any partial sum on any of the paths;
+    # the float32 dequantization of K-quant weights adds one more relative rounding per weight
+    bound = (n_in / 16 + 11) * 2.0**-24 * scale + 1e-30
+    assert np.all(np.abs(y - ref) <= bound)
+
+
+def test_every_supported_type_has_an_exact_kernel():
+    assert set(SUPPORTED_TYPES) == set(QUANT + FLOAT)
+    for t in SUPPORTED_TYPES:
+        assert registered_kernel(t) is not None, t.name
+
+
+@pytest.mark.parametrize("n_tok", TOKENS)
+@pytest.mark.parametrize("t", [T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
+def test_block32_types_match_ggml(ggml, t, n_tok):
+    # vec_dot for one token, llamafile's tinyBLAS_Q0 (Q5_0, Q8_0) or vec_dot (Q4_1, Q5_1) for more
+    check(ggml, t, 72, 512, n_tok, "blk.0.ffn_up.weight", False, 10 * int(t) + n_tok)
+
+
+@pytest.mark.parametrize("n_tok", TOKENS)
+def test_q4_0_matches_ggml_repacked_and_plain(ggml, n_tok):
+    # llama.cpp repacks Q4_0 matrices with a multiple of 8 rows (q4_0_8x8 gemv/gemm), except the
+    # token embedding, which a tied output matrix then reads with the plain vec_dot / tinyBLAS order
+    check(ggml, T.Q4_0, 72, 512, n_tok, "blk.0.ffn_up.weight", True, 100 + n_tok)
+    check(ggml, T.Q4_0, 72, 512, n_tok, "token_embd.weight", False, 200 + n_tok)
+    check(ggml, T.Q4_0, 44, 512, n_tok, "blk.0.ffn_up.weight", False, 300 + n_tok)
+
+
+@pytest.mark.parametrize("n_tok", TOKENS)
+@pytest.mark.parametrize("t", [T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
+def test_k_quants_match_ggml(ggml, t, n_tok):
+    # vec_dot below 8 tokens, the tiled VNNI kernels from 8; Q4_K as the token embedding (not repacked)
+    name = "token_embd.weight" if t == T.Q4_K else "blk.0.ffn_down.weight"
+    check(ggml, t, 72, 768, n_tok, name, False, 10 * int(t) + n_tok)
+
+
+@pytest.mark.parametrize("n_tok", TOKENS)
+def test_q4_k_repacked_matches_ggml(ggml, n_tok):
+    # q4_K_8x8: gemm for the rows in groups of 4 (an fma per 64 values), gemv for the rest (per 256)
+    check(ggml, T.Q4_K, 72, 768, n_tok, "blk.0.ffn_down.weight", True, 400 + n_tok)
+
+
+@pytest.mark.parametrize("n_tok", TOKENS)
+@pytest.mark.parametrize("t", FLOAT, ids=lambda t: t.name)
+def test_float_types_match_ggml(ggml, t, n_tok):
+    # tinyBLAS from 2 tokens when n_out % 4 == 0 and n_in % 16 (BF16: 32) == 0, else vec_dot
+    check(ggml, t, 72, 512, n_tok, "blk.0.ffn_up.weight", False, 10 * int(t) + n_tok)
+    check(ggml, t, 42, 512, n_tok, "blk.0.ffn_up.weight", False, 20 * int(t) + n_tok)
+    # vec_dot's tails: F32 in groups of 8 products then fmas, F16 / BF16 in float64
+    check(ggml, t, 36, 600 if t == T.F32 else 592, n_tok, "blk.0.ffn_up.weight", False, 30 * int(t) + n_tok)
+
+
+def test_activation_quantizer_matches_numpy_reference():
+    from camelid.quant.kernels import _quantize_q8
+
+    rng = np.random.default_rng(7)
+    x = activations(5, 2048, rng)
+    x[1, :32] = 0.0
+    x[2, 32:64] = 1e-30
+    x[3] *= 1e4
+    aq = np.empty(x.size, np.int8)
+    ad = np.empty(x.size // 32, np.float32)
+    s = np.empty_like(ad)
+    _quantize_q8(x, True, aq, ad, s)
+    d, ref_s, q = quantize_q8_1(x)
+    assert np.array_equal(aq, q.reshape(-1))
+    assert np.array_equal(bits(ad), bits(d.astype(np.float32).reshape(-1)))
+    assert np.array_equal(bits(s), bits(ref_s.astype(np.float32).reshape(-1)))
+    assert np.array_equal(quantize_q8_0(x)[0], d)
+
+
+def test_round_f16_matches_numpy():
+    from numba import njit
+
+    from camelid.quant.ggml_math import round_f16
+
+    @njit
+    def rounded(a, out):
+        for i in range(a.size):
+            out[i] = round_f16(a[i])
+
+    rng = np.random.default_rng(8)
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * s for s in (1e-7, 1e-5, 1e-2, 1.0, 1e3, 6e4)]
+                       + [np.array([65504, 65519, 65520, -65520, np.inf, -np.inf, 0.0, -0.0, 2**-25, 3 * 2**-26], np.float32)])
+    out = np.empty_like(x)
+    rounded(x, out)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(bits(out), bits(x.astype(np.float16).astype(np.float32)))
+
+
+# ---------------------------------------------------------------------------- the other ops
+
+def test_swiglu_matches_ggml(ggml):
+    from camelid.model.ops import silu_mul
+
+    rng = np.random.default_rng(9)
+    gate = rng.standard_normal((5, 1544)).astype(np.float32) * 4  # 1544 = 96 * 16 + 8: a scalar tail
+    up = rng.standard_normal((5, 1544)).astype(np.float32)
+    gate[0, :10] = [-100, -90, 90, 100, 0, -0.0, 1e-30, -1e-30, 88, -88]
+    assert np.array_equal(bits(silu_mul(gate, up)), bits(ggml.swiglu(gate, up)))
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope_matches_ggml(ggml, neox):
+    from camelid.model.ops import Rope
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((7, 3, 64)).astype(np.float32) * 10
+    positions = np.arange(300, 307)
+    ours = Rope(64, 64, 10000.0, 1.0, neox).apply(x.copy(), positions)
+    assert np.array_equal(bits(ours), bits(ggml.rope(x, positions, 64, neox, 10000.0)))
+
+
+@pytest.mark.parametrize("d, n_head, n_head_kv", [(64, 9, 3), (80, 4, 2), (128, 8, 8), (256, 4, 1)])
+@pytest.mark.parametrize("n, start", [(1, 0), (1, 40), (5, 0), (9, 300), (16, 250)])
+def test_attention_matches_ggml(ggml, d, n_head, n_head_kv, n, start):
+    # one token: ggml_vec_dot_f16; more: tinyBLAS (head sizes not a multiple of 16 fall back to
+    # vec_dot for the scores); 256 cached positions or more: llama.cpp reads 512 (masked) cells
+    from camelid.model.ops import attention
+
+    rng = np.random.default_rng(d + 7 * n + start)
+    q = rng.standard_normal((n, n_head, d)).astype(np.float32) * 3
+    k = (rng.standard_normal((start + n, n_head_kv, d)) * 2).astype(np.float16)
+    v = rng.standard_normal((start + n, n_head_kv, d)).astype(np.float16)
+    n_kv = max(256, (start + n + 255) // 256 * 256)
+    assert np.array_equal(bits(attention(q, k, v, start)), bits(ggml.attention(q, k, v, start, n_kv)))
