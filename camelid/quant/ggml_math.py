@@ -37,37 +37,22 @@ def fma32(typingctx, a, b, c):
     return sig, codegen
 
 
-@intrinsic
-def u32_as_f32(typingctx, u):
-    """Reinterpret the bits of a uint32 as a float32."""
-    sig = types.float32(types.uint32)
+def _bitcast(from_type, to_type, to_ir):
+    """A Numba intrinsic that reinterprets the bits of a `from_type` value as `to_type`."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+    @intrinsic
+    def cast(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], to_ir)
 
-    return sig, codegen
+        return to_type(from_type), codegen
 
-
-@intrinsic
-def f32_as_u32(typingctx, f):
-    """Reinterpret the bits of a float32 as a uint32."""
-    sig = types.uint32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
+    return cast
 
 
-@intrinsic
-def u64_as_f64(typingctx, u):
-    """Reinterpret the bits of a uint64 as a float64."""
-    sig = types.float64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
+u32_as_f32 = _bitcast(types.uint32, types.float32, ir.FloatType())
+f32_as_u32 = _bitcast(types.float32, types.uint32, ir.IntType(32))
+u64_as_f64 = _bitcast(types.uint64, types.float64, ir.DoubleType())
 
 
 @njit(cache=True, inline="always")
