@@ -7,10 +7,15 @@ import sys
 import warnings
 
 from camelid import __version__
-from camelid.cli import chat, run
+from camelid.cli import chat
+from camelid.cli import run
 from camelid.errors import CamelidError
 
-SUBCOMMANDS = (chat, run)
+# One module per subcommand, each with register(subparsers); heavy imports stay inside the handlers.
+SUBCOMMANDS = (
+    chat,
+    run,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
