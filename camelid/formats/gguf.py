@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ class GGUFFile:
     version: int
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
+    # key -> (value type, array item type or None), so a writer can copy the metadata exactly
+    metadata_types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = field(default_factory=dict)
 
 
 def check_model_path(path: str | os.PathLike) -> str:
@@ -133,17 +135,21 @@ class _HeaderParser:
         return bool(value) if vtype == GGUFValueType.BOOL else value.item()
 
 
-def _parse(path: str, buf) -> tuple[int, dict[str, Any], list[tuple[str, list[int], int, int]], int]:
-    """Parse the header: (version, metadata, [(name, ne, type, offset)], data_start)."""
+def _parse(path: str, buf) -> tuple[int, dict[str, Any], list[tuple[str, list[int], int, int]], int, dict]:
+    """Parse the header: (version, metadata, [(name, ne, type, offset)], data_start, metadata types)."""
     p = _HeaderParser(buf)
     _magic, version = p._take("<4sI")
     if version not in (2, 3):
         raise CamelidError(f"{path} is GGUF version {version}; camelid reads versions 2 and 3.")
     n_tensors, n_kv = p._take("<QQ")
     meta: dict[str, Any] = {}
+    types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {}
     for _ in range(n_kv):
         key = p.string()
-        meta[key] = p.value(p._take("<I"))
+        vtype = GGUFValueType(p._take("<I"))
+        item_type = GGUFValueType(struct.unpack_from("<I", buf, p.pos)[0]) if vtype == GGUFValueType.ARRAY else None
+        types[key] = (vtype, item_type)
+        meta[key] = p.value(vtype)
     infos = []
     for _ in range(n_tensors):
         name = p.string()
@@ -153,7 +159,7 @@ def _parse(path: str, buf) -> tuple[int, dict[str, Any], list[tuple[str, list[in
         infos.append((name, ne, ggml_type, offset))
     alignment = int(meta.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
     data_start = -(-p.pos // alignment) * alignment
-    return version, meta, infos, data_start
+    return version, meta, infos, data_start, types
 
 
 def _map(path: str) -> np.memmap:
@@ -203,8 +209,8 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
     """
     path = os.fspath(path)
     buf = _map(path)
-    version, meta, infos, data_start = _parse_or_explain(path, buf)
+    version, meta, infos, data_start, types = _parse_or_explain(path, buf)
     tensors = {}
     for name, ne, type_id, offset in infos:
         tensors[name] = _tensor_info(path, buf, data_start, name, ne, type_id, offset)
-    return GGUFFile(path=path, version=version, metadata=meta, tensors=tensors)
+    return GGUFFile(path=path, version=version, metadata=meta, tensors=tensors, metadata_types=types)
