@@ -11,6 +11,7 @@ from camelid.chat.template import ChatTemplate, template_for
 from camelid.default_model import default_model_path
 from camelid.errors import CamelidError
 from camelid.formats.gguf import open_gguf
+from camelid.threads import set_threads
 from camelid.generate import GenerationChunk, stream_generate
 from camelid.model.cache import KVCache
 from camelid.model.llama import LlamaModel
@@ -101,11 +102,20 @@ class Model:
         return ChatSession(self, system=system, **kwargs)
 
 
-def load(path: str | os.PathLike | None = None, *, n_ctx: int | None = None, chat_template: str | None = None, show_progress: bool = True) -> Model:
+def load(
+    path: str | os.PathLike | None = None,
+    *,
+    n_ctx: int | None = None,
+    chat_template: str | None = None,
+    n_threads: int | None = None,
+    show_progress: bool = True,
+) -> Model:
     """Load a GGUF model (memory-mapped); with no path, the default SmolLM2-135M-Instruct model.
 
     n_ctx is the context size in tokens (default: min(4096, the model's training context));
-    chat_template overrides the file's template: "chatml", "llama2", "alpaca" or a Jinja source.
+    chat_template overrides the file's template: "chatml", "llama2", "alpaca" or a Jinja source;
+    n_threads is the number of threads for the kernels (default: the physical cores).
     """
+    set_threads(n_threads)
     path = default_model_path() if path is None else os.fspath(path)
     return Model(path, n_ctx=n_ctx, chat_template=chat_template, show_progress=show_progress)
