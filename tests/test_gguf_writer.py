@@ -7,7 +7,7 @@ import pytest
 
 from camelid.errors import CamelidError
 from camelid.formats.gguf import open_gguf
-from camelid.formats.gguf_writer import PlannedTensor, metadata_from_gguf, write_gguf
+from camelid.formats.gguf_writer import PlannedTensor, _umask, metadata_from_gguf, write_gguf
 from model_files import smollm2_path
 
 
@@ -20,6 +20,7 @@ def test_copy_is_exact_and_llama_cpp_loads_it(tmp_path):
     out = tmp_path / "copy.gguf"
     write_gguf(out, src.metadata["general.architecture"], metadata_from_gguf(src.metadata, src.metadata_types), _copy_plan(src), progress=None)
     copy = open_gguf(out)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~_umask()
     assert copy.metadata == src.metadata
     assert copy.metadata_types == src.metadata_types
     for name, t in src.tensors.items():

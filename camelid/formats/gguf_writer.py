@@ -118,12 +118,19 @@ def write_gguf(
         if bar is not None:
             bar.close()
         writer.close()
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return os.path.getsize(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _progress_bar(desc: str | None, total: int):
