@@ -71,8 +71,8 @@ def _check_magic(path: str) -> None:
         return
     if magic in LEGACY_MAGICS:
         raise CamelidError(
-            f"{path} is a legacy {LEGACY_MAGICS[magic]} file from 2023; this version of camelid reads GGUF only. "
-            "Convert it to GGUF first."
+            f"{path} is a legacy {LEGACY_MAGICS[magic]} file from 2023, not GGUF; `camelid run`/`chat` read it as it is, "
+            f"or convert it first: `camelid convert --from-legacy {path} -o model.gguf`."
         )
     raise CamelidError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). Pass a .gguf model file.")
 

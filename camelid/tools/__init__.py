@@ -1,0 +1,1 @@
+"""Model-building tools: convert, merge LoRA, quantize, legacy files."""

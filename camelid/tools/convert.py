@@ -1,0 +1,291 @@
+"""Convert a LLaMA-family checkpoint (Hugging Face or Meta layout) to GGUF, one tensor at a time.
+
+`convert_checkpoint` plans every output tensor up front (GGUF name, type, shape: checked against the
+config before anything is written) and hands `write_gguf` a `produce()` per tensor that loads the one
+source tensor, reorders q/k rows for llama.cpp's RoPE, and casts or quantizes it. Peak memory is a few
+copies of the largest tensor. The metadata keys are those llama.cpp's convert_hf_to_gguf.py writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType as V, LlamaFileType
+
+from camelid.errors import CamelidError
+from camelid.formats.gguf_writer import MetadataValue, PlannedTensor, write_gguf
+from camelid.formats.hf import Checkpoint
+
+# Hugging Face architectures -> GGUF architecture.
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "LLaMAForCausalLM": "llama", "MistralForCausalLM": "llama",
+                 "Qwen2ForCausalLM": "qwen2"}
+_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # config.json without "architectures"
+OUTTYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1,
+            "q5_0": T.Q5_0, "q5_1": T.Q5_1, "q4_k": T.Q4_K, "q5_k": T.Q5_K, "q6_k": T.Q6_K}
+_FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
+               "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_1": LlamaFileType.MOSTLY_Q4_1,
+               "q5_0": LlamaFileType.MOSTLY_Q5_0, "q5_1": LlamaFileType.MOSTLY_Q5_1,
+               "q4_k": LlamaFileType.MOSTLY_Q4_K_S, "q5_k": LlamaFileType.MOSTLY_Q5_K_S,
+               "q6_k": LlamaFileType.MOSTLY_Q6_K}
+# When a row length is not a multiple of 256, llama.cpp's quantizer falls back to a 32-block type.
+_K_FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+
+_LAYER_TENSORS = {
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+    "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+_TOP_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight"}
+_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The model dimensions read from an HF config, with the tensor count implied by them."""
+
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_ctx: int
+    rms_eps: float
+    rope_theta: float
+    qkv_bias: bool
+
+
+def parse_outtype(outtype: str) -> T:
+    """The GGML type for an --outtype name (case-insensitive); CamelidError listing the choices otherwise."""
+    try:
+        return OUTTYPES[outtype.lower()]
+    except KeyError:
+        raise CamelidError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}.") from None
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """The GGUF tensor name for a Hugging Face LLaMA tensor name, or None for buffers that are not written."""
+    if hf_name in _TOP_TENSORS:
+        return _TOP_TENSORS[hf_name]
+    m = _LAYER_RE.fullmatch(hf_name)
+    if m and m.group(2) in _LAYER_TENSORS:
+        return f"blk.{m.group(1)}.{_LAYER_TENSORS[m.group(2)]}"
+    if _IGNORED.fullmatch(hf_name):
+        return None
+    raise CamelidError(f"the checkpoint has a tensor camelid cannot place: {hf_name}. Is this a plain LLaMA-family model?")
+
+
+def read_hparams(ckpt: Checkpoint) -> HParams:
+    """Architecture and dimensions from `ckpt.config`; n_vocab from the embedding tensor (it may exceed config's)."""
+    cfg = ckpt.config
+    archs = cfg.get("architectures") or []
+    arch_name = archs[0] if archs else f"model_type {cfg.get('model_type', 'unknown')}"
+    arch = ARCHITECTURES.get(arch_name) if archs else _MODEL_TYPES.get(cfg.get("model_type"))
+    if arch is None:
+        raise CamelidError(f"unsupported architecture {arch_name} in config.json; camelid converts "
+                           f"{', '.join(sorted(set(ARCHITECTURES) - {'LLaMAForCausalLM'}))}.")
+    try:
+        n_embd, n_head = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        n_layer, n_ff = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CamelidError(f"config.json lacks {exc}; it is not a complete {arch_name} config.") from None
+    if "model.embed_tokens.weight" not in ckpt.tensors.names():
+        raise CamelidError("the checkpoint has no model.embed_tokens.weight tensor; shards are missing or it is not a LLaMA model.")
+    n_vocab = ckpt.tensors.shape("model.embed_tokens.weight")[0]
+    return HParams(
+        arch=arch, n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
+        head_dim=int(cfg.get("head_dim") or n_embd // n_head), n_ff=n_ff,
+        n_ctx=int(cfg.get("max_position_embeddings") or 2048),
+        rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        qkv_bias=arch == "qwen2",
+    )
+
+
+def expected_shapes(hp: HParams, tied: bool) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> the shape the config implies, (n_out, n_in) for matrices."""
+    q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (hp.n_vocab, hp.n_embd)}
+    for i in range(hp.n_layer):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (hp.n_embd,),
+            p + "self_attn.q_proj.weight": (q, hp.n_embd), p + "self_attn.k_proj.weight": (kv, hp.n_embd),
+            p + "self_attn.v_proj.weight": (kv, hp.n_embd), p + "self_attn.o_proj.weight": (hp.n_embd, q),
+            p + "post_attention_layernorm.weight": (hp.n_embd,),
+            p + "mlp.gate_proj.weight": (hp.n_ff, hp.n_embd), p + "mlp.up_proj.weight": (hp.n_ff, hp.n_embd),
+            p + "mlp.down_proj.weight": (hp.n_embd, hp.n_ff),
+        })
+        if hp.qkv_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                           p + "self_attn.v_proj.bias": (kv,)})
+    shapes["model.norm.weight"] = (hp.n_embd,)
+    if not tied:
+        shapes["lm_head.weight"] = (hp.n_vocab, hp.n_embd)
+    return shapes
+
+
+def rotate_half_to_interleaved(w: np.ndarray, n_head: int) -> np.ndarray:
+    """q/k rows (or bias) from HF's rotate-half order to llama.cpp's interleaved pairs.
+
+    w: (n_head * head_dim, ...). Within each head, row j*head_dim/2 + i moves to 2i + j.
+    """
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tensor_type(outtype: T, shape: tuple[int, ...]) -> T:
+    if len(shape) == 1 or outtype in (T.F32, T.F16, T.BF16):
+        return T.F32 if len(shape) == 1 else outtype
+    if shape[-1] % GGML_QUANT_SIZES[outtype][0]:
+        outtype = _K_FALLBACK.get(outtype, outtype)
+    return outtype if shape[-1] % GGML_QUANT_SIZES[outtype][0] == 0 else T.F16
+
+
+_CHUNK_WEIGHTS = 1 << 22  # quantize about 4M weights (16 MB as float32) at a time
+
+
+def _quantize(x: np.ndarray, ggml_type: T) -> np.ndarray:
+    """float (n_rows, n_cols) -> uint8 (n_rows, row_bytes) blocks of `ggml_type`, a chunk of rows at a time
+    so a float16 source is widened to float32 only one chunk at a time."""
+    from camelid.quant.quantize import quantize_rows
+
+    n_rows, n_cols = x.shape
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    out = np.empty((n_rows, n_cols // block_size * type_size), np.uint8)
+    step = max(1, _CHUNK_WEIGHTS // n_cols)
+    for i in range(0, n_rows, step):
+        out[i:i + step] = quantize_rows(np.ascontiguousarray(x[i:i + step], dtype=np.float32), ggml_type)
+    return out
+
+
+def _producer(ckpt: Checkpoint, hf_name: str, shape: tuple[int, ...], ggml_type: T, n_rope_heads: int | None) -> Callable[[], np.ndarray]:
+    def produce() -> np.ndarray:
+        w = ckpt.tensors.load(hf_name)
+        if tuple(w.shape) != shape:
+            raise CamelidError(f"tensor {hf_name} loaded with shape {list(w.shape)}, expected {list(shape)}.")
+        if n_rope_heads is not None:
+            w = rotate_half_to_interleaved(w, n_rope_heads)
+        if ggml_type == T.F32:
+            return np.ascontiguousarray(w, dtype=np.float32)
+        if ggml_type == T.F16:
+            return np.ascontiguousarray(w, dtype=np.float16)
+        return _quantize(w.reshape(-1, shape[-1]), ggml_type)
+    return produce
+
+
+def plan_tensors(ckpt: Checkpoint, hp: HParams, outtype: T) -> list[PlannedTensor]:
+    """The GGUF tensors to write, in llama.cpp's order, each checked against the config's shapes."""
+    names = ckpt.tensors.names()
+    present = set(names)
+    tied = "lm_head.weight" not in present
+    expected = expected_shapes(hp, tied)
+    missing = [n for n in expected if n not in present]
+    if missing:
+        raise CamelidError(f"the checkpoint lacks tensor {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                           + "; a shard is missing or config.json does not match the weights.")
+    for name in names:
+        if name not in expected and gguf_name(name) is not None:  # gguf_name raises for non-LLaMA tensors
+            raise CamelidError(f"the checkpoint has tensor {name}, which the model config.json describes does not have "
+                               f"({hp.n_layer} layers, bias={hp.qkv_bias}); the config does not belong to these weights.")
+    planned = []
+    for name, shape in expected.items():
+        actual = tuple(ckpt.tensors.shape(name))
+        if actual != shape:
+            raise CamelidError(f"tensor {name} has shape {list(actual)} but config.json implies {list(shape)}; "
+                               "the config does not belong to these weights.")
+        rope_heads = None
+        if hp.arch == "llama" and name.endswith("q_proj.weight"):
+            rope_heads = hp.n_head
+        elif hp.arch == "llama" and name.endswith("k_proj.weight"):
+            rope_heads = hp.n_head_kv
+        ggml_type = _tensor_type(outtype, shape)
+        planned.append(PlannedTensor(gguf_name(name), ggml_type, shape, _producer(ckpt, name, shape, ggml_type, rope_heads)))
+    planned.extend(_extra_tensors(ckpt, hp))
+    return planned
+
+
+def _extra_tensors(ckpt: Checkpoint, hp: HParams) -> list[PlannedTensor]:
+    """LLaMA-3.1-style RoPE scaling is stored as a per-frequency factor tensor, rope_freqs.weight."""
+    scaling = ckpt.config.get("rope_scaling") or {}
+    if str(scaling.get("rope_type", scaling.get("type", ""))).lower() != "llama3":
+        return []
+    factor = float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / hp.rope_theta ** (np.arange(0, hp.head_dim, 2, dtype=np.float32) / hp.head_dim)
+    factors = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    data = np.array(factors, dtype=np.float32)  # (head_dim / 2,)
+    return [PlannedTensor("rope_freqs.weight", T.F32, data.shape, lambda: data)]
+
+
+def model_metadata(ckpt: Checkpoint, hp: HParams, outtype: str) -> dict[str, MetadataValue]:
+    """The general.* and {arch}.* keys llama.cpp reads for this model."""
+    a = hp.arch
+    u32 = lambda v: MetadataValue(int(v), V.UINT32)
+    f32 = lambda v: MetadataValue(float(v), V.FLOAT32)
+    md = {
+        "general.name": MetadataValue(os.path.basename(os.path.normpath(ckpt.source)) or "model", V.STRING),
+        "general.file_type": u32(_FILE_TYPES[outtype]),
+        f"{a}.vocab_size": u32(hp.n_vocab),
+        f"{a}.context_length": u32(hp.n_ctx),
+        f"{a}.embedding_length": u32(hp.n_embd),
+        f"{a}.block_count": u32(hp.n_layer),
+        f"{a}.feed_forward_length": u32(hp.n_ff),
+        f"{a}.attention.head_count": u32(hp.n_head),
+        f"{a}.attention.head_count_kv": u32(hp.n_head_kv),
+        f"{a}.attention.layer_norm_rms_epsilon": f32(hp.rms_eps),
+        f"{a}.rope.freq_base": f32(hp.rope_theta),
+        f"{a}.rope.dimension_count": u32(hp.head_dim),
+    }
+    if hp.head_dim != hp.n_embd // hp.n_head:
+        md[f"{a}.attention.key_length"] = u32(hp.head_dim)
+        md[f"{a}.attention.value_length"] = u32(hp.head_dim)
+    scaling = ckpt.config.get("rope_scaling") or {}
+    kind = str(scaling.get("rope_type", scaling.get("type", ""))).lower()
+    if kind in ("linear", "yarn") and "factor" in scaling:
+        md[f"{a}.rope.scaling.type"] = MetadataValue(kind, V.STRING)
+        md[f"{a}.rope.scaling.factor"] = f32(scaling["factor"])
+        if kind == "yarn" and "original_max_position_embeddings" in scaling:
+            md[f"{a}.rope.scaling.original_context_length"] = u32(scaling["original_max_position_embeddings"])
+    elif kind not in ("", "default", "llama3"):
+        raise CamelidError(f"config.json asks for rope_scaling type {kind!r}, which camelid cannot convert; "
+                           "supported: linear, yarn, llama3.")
+    return md
+
+
+def convert_checkpoint(ckpt: Checkpoint, out_path, outtype: str = "f16", progress: bool = True) -> None:
+    """Write `ckpt` as a GGUF file at `out_path` with 2-D weights in `outtype` (norms stay F32).
+
+    Everything is validated (architecture, tensor names and shapes, tokenizer files) before the first
+    byte is written; tensors are then loaded, converted and written one at a time, and the file
+    appears under `out_path` only when complete. Raises CamelidError for any problem with the input.
+    """
+    from camelid.tools.hf_vocab import vocab_metadata
+
+    ggml_outtype = parse_outtype(outtype)
+    outtype = outtype.lower()
+    hp = read_hparams(ckpt)
+    planned = plan_tensors(ckpt, hp, ggml_outtype)
+    metadata = model_metadata(ckpt, hp, outtype)
+    metadata.update(vocab_metadata(ckpt.tokenizer_dir, hp.n_vocab, ckpt.config))
+    write_gguf(out_path, hp.arch, metadata, planned, progress="converting" if progress else None)
