@@ -1,4 +1,4 @@
-"""`camelid chat`: an interactive chat in the terminal, streaming replies."""
+"""`camelid chat`: an interactive chat in the terminal, streaming replies, with slash commands."""
 
 from __future__ import annotations
 
@@ -7,54 +7,101 @@ import sys
 
 from camelid.cli.options import add_model_options, add_sampling_options, sampling_from_args
 
-try:  # line editing and history for input()
-    import readline  # noqa: F401
-except ImportError:  # pragma: no cover - Windows
-    pass
-
-EXIT_COMMANDS = ("/exit", "/quit", "/bye")
+PROMPT = ">>> "
 
 
 def register(sub) -> None:
-    p = sub.add_parser("chat", help="chat with a model in the terminal", description="Chat with a model; Ctrl+C stops a reply, Ctrl+D or /exit quits.")
+    p = sub.add_parser(
+        "chat", help="chat with a model in the terminal",
+        description="Chat with a model through its chat template. /help lists the commands (/save, /load, /undo, "
+                    "/retry, /system, /stats, ...); Ctrl+C stops a reply, Ctrl+D or /exit quits.",
+    )
     add_model_options(p, None)
     p.add_argument("--system", "-sys", help="system prompt")
     p.add_argument("--chat-template", help="override the file's chat template: chatml, llama2, alpaca, or Jinja source")
+    p.add_argument("--load", metavar="FILE", help="continue a chat saved with /save")
     p.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=1024, help="most tokens per reply (default: %(default)s)")
     add_sampling_options(p)
     p.set_defaults(handler=chat)
 
 
+def _note(text: str) -> None:
+    sys.stdout.flush()
+    print(text, file=sys.stderr, flush=True)
+
+
+def _stream_reply(session, stream) -> None:
+    """Print a reply as it streams; Ctrl+C stops it (the part written so far stays in the chat)."""
+    finished = None
+    try:
+        for chunk in stream:
+            if finished is None:
+                finished = False
+                if session.last_dropped:
+                    s = "s" if session.last_dropped > 1 else ""
+                    _note(f"[the context of {session.n_ctx} tokens is full: dropped the oldest {session.last_dropped} turn{s} "
+                          f"({session.dropped_turns} so far); the system prompt stays]")
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            if chunk.finish_reason is not None:
+                finished = True
+    except KeyboardInterrupt:
+        stream.close()
+        sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    stats = session.last_stats
+    if finished and stats is not None:
+        _note(f"[{stats.generated_tokens} tokens, {stats.generation_tokens_per_s:.1f} tok/s]")
+    sys.stdout.flush()
+
+
 def chat(args: argparse.Namespace) -> int:
     import camelid
+    from camelid.chat.commands import is_command, message_text, run_command
+    from camelid.chat.transcript import read_chat
+    from camelid.cli.line_input import read_user_input
+    from camelid.errors import CamelidError
 
+    if hasattr(sys.stdout, "reconfigure"):  # a terminal that cannot show a character gets "?", not a crash
+        sys.stdout.reconfigure(errors="replace")
     sampling = sampling_from_args(args)
+    if args.load:
+        read_chat(args.load)  # a wrong file fails before the model loads
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template)
     session = model.chat(system=args.system, max_tokens=args.n_predict, **sampling)
+    if args.load:
+        print(run_command(session, "/load " + args.load).text)
     name = model.metadata.get("general.name") or model.path
-    print(f"camelid chat with {name} ({model.n_ctx}-token context). Ctrl+C stops a reply; Ctrl+D or /exit quits.")
+    print(f"camelid chat with {name} ({session.n_ctx}-token context). /help lists the commands; "
+          "Ctrl+C stops a reply; Ctrl+D or /exit quits.")
+    interrupted = False
     while True:
         try:
-            line = input(">>> ")
-        except EOFError:
-            print()
-            return 0
+            line = read_user_input(PROMPT)
         except KeyboardInterrupt:
-            print()
+            if interrupted:
+                print()
+                return 0
+            interrupted = True
+            print("\n(Ctrl+C again, Ctrl+D or /exit quits)")
+            continue
+        interrupted = False
+        if line is None:  # Ctrl+D
             return 0
         text = line.strip()
         if not text:
             continue
-        if text in EXIT_COMMANDS:
-            return 0
         try:
-            for chunk in session.send(text):
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            sys.stdout.write(" [stopped]")
-        sys.stdout.write("\n")
-        stats = session.last_stats
-        if stats is not None:
-            print(f"[{stats.generated_tokens} tokens, {stats.generation_tokens_per_s:.1f} tok/s]", file=sys.stderr)
-        sys.stdout.flush()
+            if is_command(text):
+                outcome = run_command(session, text)
+                if outcome.text:
+                    print(outcome.text)
+                if outcome.quit:
+                    return 0
+                if outcome.reply is not None:
+                    _stream_reply(session, outcome.reply)
+            else:
+                _stream_reply(session, session.send(message_text(text)))
+        except CamelidError as exc:
+            sys.stdout.flush()
+            print(f"camelid: error: {exc}", file=sys.stderr, flush=True)

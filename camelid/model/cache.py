@@ -34,6 +34,21 @@ class KVCache:
     def clear(self) -> None:
         self.tokens.clear()
 
+    def remove(self, start: int, stop: int) -> None:
+        """Forget positions start..stop-1 and move the later ones down by stop - start.
+
+        Keys and values are moved as they are: the keys keep the RoPE rotation of their old
+        positions, so a caller that moves them must rotate them by -(stop - start) as well
+        (camelid.context_shift.shift_context does both).
+        """
+        n_past = self.n_past
+        if not 0 <= start <= stop <= n_past:
+            raise ValueError(f"cannot remove positions {start}..{stop} of {n_past}")
+        n_moved = n_past - stop
+        self.k[:, start:start + n_moved] = self.k[:, stop:n_past]  # numpy copies overlapping slices safely
+        self.v[:, start:start + n_moved] = self.v[:, stop:n_past]
+        del self.tokens[start:stop]
+
     def common_prefix(self, tokens) -> int:
         """Length of the longest prefix of `tokens` whose keys and values are already held."""
         n = 0
