@@ -1,0 +1,104 @@
+"""`camelid serve`: the OpenAI-compatible HTTP API and the web chat page on one model."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+from pathlib import Path
+
+from camelid.errors import CamelidError
+
+DEFAULT_PARALLEL = 4
+
+
+def default_data_dir() -> Path:
+    """Where the web page keeps its conversations: $XDG_DATA_HOME/camelid, else ~/.local/share/camelid."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "camelid"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible API and a web chat page",
+                       description="Serve the model over HTTP: the OpenAI API under /v1 and a chat page at /.")
+    p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("CAMELID_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on the API (default: $CAMELID_API_KEY, or none)")
+    p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=None, metavar="N",
+                   help="context size of each slot in tokens (default: min(4096, the model's))")
+    p.add_argument("-np", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                   help="requests generated at once, each with its own KV cache; more wait in a queue (default: %(default)s)")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="kernel threads (default: the physical cores)")
+    p.add_argument("--chat-template", help="override the file's chat template: chatml, llama2, alpaca, or Jinja source")
+    p.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
+                   help=f"where the web page stores its conversations (default: {default_data_dir()})")
+    p.set_defaults(handler=serve)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before the model loads so a taken port fails at once."""
+    if not 0 <= port <= 65535:
+        raise CamelidError(f"--port must be between 0 and 65535, got {port}.")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CamelidError(f"cannot listen on {host!r}: {exc.strerror}; use an address like 127.0.0.1 or 0.0.0.0.") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CamelidError(f"port {port} on {host} is already in use; stop the other server or choose another --port.") from None
+        raise CamelidError(f"cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.parallel < 1:
+        raise CamelidError(f"--parallel must be at least 1, got {args.parallel}.")
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CamelidError(f"cannot create the data directory {data_dir}: {exc.strerror}; choose another with --data-dir.") from None
+    sock = _listen(args.host, args.port)
+
+    import asyncio
+
+    import uvicorn
+
+    import camelid
+    from camelid.server.app import create_app
+
+    model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
+    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "
+          f"(OpenAI API at http://{shown}:{port}/v1, {args.parallel} slots of {model.n_ctx} tokens, data in {data_dir})",
+          file=sys.stderr, flush=True)
+    if not args.api_key and host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"camelid: warning: listening on {host} without --api-key: anyone who can reach this machine can use the model.",
+              file=sys.stderr, flush=True)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Ctrl+C / SIGTERM: end running generations first, so their streams close with an error
+            # message instead of waiting out the graceful-shutdown timeout.
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(app.state.scheduler.drain)
+            except RuntimeError:  # no event loop yet
+                pass
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    Server(config).run(sockets=[sock])
+    return 0

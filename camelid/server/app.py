@@ -1,0 +1,385 @@
+"""The HTTP server: an OpenAI-compatible API on a loaded Model, plus the web chat page when present.
+
+create_app(model) returns a FastAPI app with POST /v1/chat/completions and /v1/completions
+(streamed as server-sent events or not), GET /v1/models, /health, /tokenize, /detokenize and
+/metrics. Generation runs in camelid.server.slots' worker thread; every error, including a body
+that is not JSON or too large and a missing API key, is answered in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.util
+import json
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from camelid import __version__
+from camelid.errors import CamelidError
+from camelid.server import openai_schema as oai
+from camelid.server.metrics import Metrics
+from camelid.server.openai_schema import (
+    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InvalidParam, TokenizeRequest,
+)
+from camelid.server.slots import Failed, Finished, Job, Piece, Scheduler
+
+log = logging.getLogger("camelid.server")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+# With --api-key, these paths need "Authorization: Bearer KEY"; /health, /openapi.json, /docs and the
+# page's own files stay open.
+PROTECTED_PREFIXES = ("/v1/", "/api/", "/tokenize", "/detokenize", "/metrics")
+DISCONNECT_POLL_SECONDS = 0.5
+
+
+class APIError(Exception):
+    """An error answered with `status` and OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def _error_response(error: APIError, metrics: Metrics) -> JSONResponse:
+    metrics.count_error(error.status)
+    return JSONResponse(oai.error_body(error.message, error.type, error.param, error.code), status_code=error.status)
+
+
+class _Guard:
+    """ASGI middleware: refuses bodies over max_body bytes (413) and, with an API key, requests to
+    protected paths without it (401), before the app reads anything."""
+
+    def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics):
+        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        error = self._refusal(scope["path"], headers)
+        if error is not None:
+            return await _error_response(error, self.metrics)(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise HTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.max_body // (1024 * 1024)} MB; send a shorter prompt."
+
+    def _refusal(self, path: str, headers: dict[str, str]) -> APIError | None:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return APIError(413, self._too_large(), code="request_too_large")
+        if self.api_key and path.startswith(PROTECTED_PREFIXES):
+            auth = headers.get("authorization", "")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+            if not given:
+                return APIError(401, "no API key given; send 'Authorization: Bearer KEY' with the key the server was started with (--api-key).",
+                                "authentication_error", code="invalid_api_key")
+            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                return APIError(401, "the API key is wrong; use the key the server was started with (--api-key).",
+                                "authentication_error", code="invalid_api_key")
+        return None
+
+
+def _validation_message(exc: RequestValidationError, request: Request) -> tuple[str, str | None]:
+    """One line for a request body that does not fit the schema, and the field it names."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'decode error')}).", None
+    if not loc and "json" not in request.headers.get("content-type", ""):
+        return "the request body must be a JSON object sent with 'Content-Type: application/json'.", None
+    param = ".".join(loc) or None
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{param or 'body'}: {first.get('msg', 'invalid value')}{more}.", param
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return _error_response(exc, metrics)
+
+    @app.exception_handler(CamelidError)
+    async def camelid_error(request: Request, exc: CamelidError):
+        return _error_response(APIError(400, str(exc), param=getattr(exc, "param", None)), metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc, request)
+        return _error_response(APIError(400, message, param=param), metrics)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            message, code = f"there is no route {request.method} {request.url.path}.", "not_found"
+        elif exc.status_code == 405:
+            message, code = f"{request.method} is not allowed on {request.url.path}.", "method_not_allowed"
+        elif exc.status_code == 400:
+            message, code = f"the request body could not be read as JSON ({exc.detail}); send UTF-8 JSON.", None
+        else:
+            message, code = str(exc.detail), ("request_too_large" if exc.status_code == 413 else None)
+        return _error_response(APIError(exc.status_code, message, code=code), metrics)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return _error_response(APIError(500, f"internal server error ({type(exc).__name__}); see the server log.", "server_error"), metrics)
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir: str | os.PathLike | None = None,
+               max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving `model` (a camelid Model) with n_slots parallel KV caches.
+
+    api_key, when set, is required on the API routes; data_dir, when set, is where the web chat page
+    (camelid.server.web, if installed) keeps its conversations.
+    """
+    metrics = Metrics()
+    scheduler = Scheduler(model, n_slots, metrics)
+    model_id = os.path.basename(model.path)
+    model_names = {model_id, Path(model_id).stem}
+    created = int(os.path.getmtime(model.path))
+    tok = model.tokenizer
+    max_token_bytes = max(1, max(len(tok.token_to_bytes(i, True)) for i in range(tok.n_vocab)))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="camelid", version=__version__, lifespan=lifespan,
+                  description="An OpenAI-compatible API for a local LLaMA-family model.")
+    app.state.scheduler, app.state.metrics, app.state.model = scheduler, metrics, model
+    _install_error_handlers(app, metrics)
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name not in model_names:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r} (GET /v1/models).",
+                           param="model", code="model_not_found")
+
+    def model_card() -> dict:
+        c = model.config
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "camelid",
+                "meta": {"n_ctx": model.n_ctx, "n_ctx_train": c.n_ctx_train, "n_vocab": tok.n_vocab,
+                         "name": model.metadata.get("general.name")}}
+
+    def tokenize_text(text: str, param: str, add_special: bool) -> list[int]:
+        if len(text.encode("utf-8", "surrogatepass")) > max_token_bytes * model.n_ctx:
+            raise APIError(400, f"the {param} is far longer than the context of {model.n_ctx} tokens; shorten it.",
+                           param=param, code="context_length_exceeded")
+        return tok.encode(text, add_special=add_special, parse_special=True)
+
+    def chat_prompt(messages: list[dict[str, str]]) -> list[int]:
+        """The conversation rendered with the model's chat template and tokenized, as ChatSession does."""
+        text = model.template.render(messages, add_generation_prompt=True)
+        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None and 0 <= tok.bos_id < tok.n_vocab else None
+        return tokenize_text(text, "messages", add_special=not (bos and text.startswith(bos)))
+
+    def check_room(prompt: list[int], max_tokens: int | None, param: str) -> None:
+        if not prompt:
+            raise APIError(400, "the prompt is empty and this model adds no BOS token; give some text.", param=param)
+        if len(prompt) >= model.n_ctx:
+            raise APIError(400, f"the {param} is {len(prompt)} tokens but the context holds {model.n_ctx}; "
+                                "shorten it (or start the server with a larger --ctx-size).", param=param, code="context_length_exceeded")
+        if max_tokens is not None and len(prompt) + max_tokens > model.n_ctx:
+            raise APIError(400, f"the {param} is {len(prompt)} tokens and max_tokens {max_tokens}, more than the context of "
+                                f"{model.n_ctx} tokens; lower max_tokens to at most {model.n_ctx - len(prompt)}.",
+                           param="max_tokens", code="context_length_exceeded")
+
+    def submit(prompt: list[int], body: oai.SamplingFields, max_tokens: int | None, stops: list[str], top_logprobs: int | None) -> Job:
+        job = Job(prompt, -1 if max_tokens is None else max_tokens, body.sampling(), stops, asyncio.get_running_loop(),
+                  ignore_eos=body.ignore_eos, top_logprobs=top_logprobs)
+        scheduler.submit(job)
+        return job
+
+    async def events(job: Job, request: Request, watch: bool) -> AsyncIterator[Piece | Finished | Failed]:
+        """The job's events until it ends; the job is cancelled when the consumer stops early
+        (a streaming client's disconnect cancels the response task) or, with watch, when the client is gone."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_SECONDS) if watch else await job.events.get()
+                except TimeoutError:
+                    event = None
+                if watch and loop.time() - checked >= DISCONNECT_POLL_SECONDS:
+                    checked = loop.time()
+                    if await request.is_disconnected():
+                        return
+                if event is None:
+                    continue
+                yield event
+                if not isinstance(event, Piece):
+                    return
+        finally:
+            scheduler.cancel(job)
+
+    def render_logprobs(chat: bool, entries, offset: int):
+        if entries is None:
+            return None
+        return oai.chat_logprobs(entries) if chat else oai.completion_logprobs(entries, offset)
+
+    async def respond(job: Job, request: Request, body: oai.SamplingFields, chat: bool, echo: str = ""):
+        """The OpenAI response for a submitted job: an SSE stream or one JSON object."""
+        id_ = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        now = int(time.time())
+        want_logprobs = job.top_logprobs is not None
+
+        def choice(text, finish, logprobs, *, delta, role=False):
+            if chat:
+                return oai.chat_choice(text, finish, logprobs, delta=delta, role=role)
+            return oai.completion_choice(text or "", finish, logprobs)
+
+        def wrap(choices, **extra):
+            kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"
+            return oai.envelope(kind, id_, now, model_id, choices, **extra)
+
+        def final_objects(done: Finished) -> tuple[dict, dict]:
+            return (oai.usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens),
+                    oai.timings(done.prompt_tokens - done.cached_tokens, done.prompt_seconds, done.cached_tokens,
+                                done.completion_tokens, done.generation_seconds))
+
+        if not body.stream:
+            pieces, entries, done = [echo], [], None
+            async for event in events(job, request, watch=True):
+                if isinstance(event, Failed):
+                    raise APIError(event.status, event.message, "invalid_request_error" if event.status < 500 else "server_error")
+                if isinstance(event, Piece):
+                    pieces.append(event.text)
+                    entries += event.logprobs or []
+                else:
+                    done = event
+            if done is None:  # the client went away
+                return JSONResponse({}, status_code=499)
+            used, timed = final_objects(done)
+            logprobs = render_logprobs(chat, entries if want_logprobs else None, 0)
+            return JSONResponse(wrap([choice("".join(pieces), done.finish_reason, logprobs, delta=False)], usage=used, timings=timed))
+
+        extra = {"usage": None} if body.include_usage else {}
+
+        async def stream():
+            offset = len(echo)
+            if chat:
+                yield _sse(wrap([choice("", None, None, delta=True, role=True)], **extra))
+            elif echo:
+                yield _sse(wrap([choice(echo, None, None, delta=True)], **extra))
+            async for event in events(job, request, watch=False):
+                if isinstance(event, Piece):
+                    yield _sse(wrap([choice(event.text, None, render_logprobs(chat, event.logprobs, offset), delta=True)], **extra))
+                    offset += len(event.text)
+                elif isinstance(event, Failed):
+                    metrics.count_error(event.status)
+                    yield _sse(oai.error_body(event.message, "invalid_request_error" if event.status < 500 else "server_error"))
+                    return
+                else:
+                    used, timed = final_objects(event)
+                    last = wrap([choice(None, event.finish_reason, None, delta=True)], **extra)
+                    if body.include_usage:
+                        yield _sse(last)
+                        last = wrap([], usage=used)
+                    last["timings"] = timed
+                    yield _sse(last)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/health", tags=["server"])
+    async def health():
+        """{"status": "ok"} once the model is loaded (as llama.cpp's server)."""
+        return {"status": "ok"}
+
+    @app.get("/v1/models", tags=["openai"])
+    async def list_models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}", tags=["openai"])
+    async def get_model(name: str):
+        check_model(name)
+        return model_card()
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        """Reply to a conversation, rendered with the model's chat template."""
+        check_model(body.model)
+        body.sampling()
+        top_logprobs = body.top_logprobs_count()
+        prompt = await asyncio.to_thread(chat_prompt, body.plain_messages())
+        check_room(prompt, body.token_limit(), "messages")
+        metrics.count_request("/v1/chat/completions")
+        job = submit(prompt, body, body.token_limit(), model.template.stop_strings + body.stop_strings(), top_logprobs)
+        return await respond(job, request, body, chat=True)
+
+    @app.post("/v1/completions", tags=["openai"])
+    async def completions(body: CompletionRequest, request: Request):
+        """Continue a prompt (text or token ids)."""
+        check_model(body.model)
+        body.sampling()
+        prompt = body.single_prompt()
+        if isinstance(prompt, str):
+            tokens = await asyncio.to_thread(tokenize_text, prompt, "prompt", True)
+            echo = prompt.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # JSON output must be UTF-8
+        else:
+            bad = [t for t in prompt if not 0 <= t < tok.n_vocab]
+            if bad:
+                raise InvalidParam("prompt", f"token id {bad[0]} is outside the vocabulary (0..{tok.n_vocab - 1}).")
+            tokens, echo = list(prompt), tok.decode(prompt)
+        check_room(tokens, body.max_tokens, "prompt")
+        metrics.count_request("/v1/completions")
+        job = submit(tokens, body, body.max_tokens, body.stop_strings(), body.logprobs)
+        return await respond(job, request, body, chat=False, echo=echo if body.echo else "")
+
+    @app.post("/tokenize", tags=["server"])
+    async def tokenize(body: TokenizeRequest):
+        """Token ids of a text, as llama.cpp's server (add_special adds the BOS token)."""
+        ids = await asyncio.to_thread(tok.encode, body.content, body.add_special, body.parse_special)
+        if body.with_pieces:
+            return {"tokens": [{"id": i, "piece": tok.token_to_bytes(i, True).decode("utf-8", "replace")} for i in ids]}
+        return {"tokens": ids}
+
+    @app.post("/detokenize", tags=["server"])
+    async def detokenize(body: DetokenizeRequest):
+        """The text of token ids, as llama.cpp's server."""
+        bad = [t for t in body.tokens if not 0 <= t < tok.n_vocab]
+        if bad:
+            raise InvalidParam("tokens", f"token id {bad[0]} is outside the vocabulary (0..{tok.n_vocab - 1}).")
+        return {"content": tok.decode(body.tokens)}
+
+    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
+    async def prometheus_metrics():
+        """Prometheus text: requests, tokens, tokens/s, busy slots, queue depth."""
+        busy, waiting = scheduler.load()
+        return PlainTextResponse(metrics.render(busy, len(scheduler.slots), waiting), media_type="text/plain; version=0.0.4")
+
+    if data_dir is not None and importlib.util.find_spec("camelid.server.web") is not None:
+        from camelid.server.web import make_web_router
+
+        app.include_router(make_web_router(Path(data_dir)))
+    return app

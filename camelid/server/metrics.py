@@ -1,0 +1,76 @@
+"""Counters and gauges of the server, rendered for GET /metrics in Prometheus' text format (0.0.4)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+
+class Metrics:
+    """Thread-safe counters: requests, errors, prompt tokens (processed and reused from a slot's cache),
+    generated tokens and the time spent on each; the slots' load is passed in at render time."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()  # endpoint -> accepted generation requests
+        self.errors: Counter[int] = Counter()  # HTTP status -> error responses
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.generated_tokens = 0
+        self.prompt_seconds = 0.0
+        self.generation_seconds = 0.0
+        self.cancelled = 0
+
+    def count_request(self, endpoint: str) -> None:
+        with self._lock:
+            self.requests[endpoint] += 1
+
+    def count_error(self, status: int) -> None:
+        with self._lock:
+            self.errors[status] += 1
+
+    def record_generation(self, prompt: int, cached: int, generated: int, prompt_seconds: float, generation_seconds: float) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.cached_tokens += cached
+            self.generated_tokens += generated
+            self.prompt_seconds += prompt_seconds
+            self.generation_seconds += generation_seconds
+
+    def record_cancelled(self, prompt: int, cached: int, generated: int) -> None:
+        """A generation whose client went away: its tokens count, its time does not."""
+        with self._lock:
+            self.cancelled += 1
+            self.prompt_tokens += prompt
+            self.cached_tokens += cached
+            self.generated_tokens += generated
+
+    def render(self, busy_slots: int, n_slots: int, waiting: int) -> str:
+        """The Prometheus text exposition of every metric."""
+        with self._lock:
+            processed = self.prompt_tokens - self.cached_tokens
+            rows = [
+                ("camelid_requests_total", "counter", "generation requests accepted, by endpoint",
+                 [(f'{{endpoint="{e}"}}', n) for e, n in sorted(self.requests.items())] or [("", 0)]),
+                ("camelid_errors_total", "counter", "error responses, by HTTP status",
+                 [(f'{{status="{s}"}}', n) for s, n in sorted(self.errors.items())] or [("", 0)]),
+                ("camelid_requests_cancelled_total", "counter", "generations stopped because the client went away", [("", self.cancelled)]),
+                ("camelid_prompt_tokens_total", "counter", "prompt tokens of finished generations", [("", self.prompt_tokens)]),
+                ("camelid_prompt_tokens_processed_total", "counter", "prompt tokens computed (not reused from a slot's KV cache)", [("", processed)]),
+                ("camelid_prompt_tokens_cached_total", "counter", "prompt tokens reused from a slot's KV cache", [("", self.cached_tokens)]),
+                ("camelid_generated_tokens_total", "counter", "tokens generated", [("", self.generated_tokens)]),
+                ("camelid_prompt_seconds_total", "counter", "time spent processing prompts", [("", self.prompt_seconds)]),
+                ("camelid_generation_seconds_total", "counter", "time spent generating, per request, summed", [("", self.generation_seconds)]),
+                ("camelid_prompt_tokens_per_second", "gauge", "average prompt processing speed per request",
+                 [("", processed / self.prompt_seconds if self.prompt_seconds else 0.0)]),
+                ("camelid_generated_tokens_per_second", "gauge", "average generation speed per request",
+                 [("", self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0)]),
+                ("camelid_slots_busy", "gauge", "slots generating now", [("", busy_slots)]),
+                ("camelid_slots_total", "gauge", "slots (--parallel)", [("", n_slots)]),
+                ("camelid_requests_waiting", "gauge", "requests queued for a free slot", [("", waiting)]),
+            ]
+        lines = []
+        for name, kind, help_, samples in rows:
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+            lines += [f"{name}{labels} {value}" for labels, value in samples]
+        return "\n".join(lines) + "\n"
