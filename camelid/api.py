@@ -10,7 +10,7 @@ import numpy as np
 from camelid.chat.template import ChatTemplate, template_for
 from camelid.default_model import default_model_path
 from camelid.errors import CamelidError
-from camelid.formats.gguf import open_gguf
+from camelid.formats.model_file import open_model_file
 from camelid.threads import set_threads
 from camelid.generate import GenerationChunk, stream_generate
 from camelid.model.cache import KVCache
@@ -29,7 +29,7 @@ class Model:
     """
 
     def __init__(self, path: str, n_ctx: int | None = None, chat_template: str | None = None, show_progress: bool = True):
-        gguf = open_gguf(path)
+        gguf = open_model_file(path, show_progress=show_progress)
         self.path = gguf.path
         self.metadata = gguf.metadata
         self.network = LlamaModel(gguf, show_progress=show_progress)
