@@ -9,12 +9,14 @@ import warnings
 from camelid import __version__
 from camelid.cli import chat
 from camelid.cli import run
+from camelid.cli import bench
 from camelid.errors import CamelidError
 
 # One module per subcommand, each with register(subparsers); heavy imports stay inside the handlers.
 SUBCOMMANDS = (
     chat,
     run,
+    bench,
 )
 
 
