@@ -255,6 +255,7 @@ class PackedK:
         self.kind = {T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6}[t]
         self.n_out, self.n_in = n_out, n_in
         self.repacked = repacked
+        self.copies_weights = True
         n_sb = n_in // QK
         n_sub = 16 if t == T.Q6_K else 8
         self.n_groups = n_groups = (n_out + R - 1) // R
