@@ -89,3 +89,71 @@ def run_bench(model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5
             result.tokens_per_s.append(n_gen / time_generation(model, tokens))
         results.append(result)
     return results
+
+
+@dataclass
+class ProfileRow:
+    """Where generation time goes: one function, or the Python that glues the numeric calls."""
+
+    name: str
+    ms_per_token: float
+    calls_per_token: float
+
+
+def profile_generation(model, n_gen: int = 32, top: int = 12, seed: int = 1234) -> tuple[float, list[ProfileRow]]:
+    """Profile feeding n_gen tokens one at a time; return (ms per token, rows).
+
+    Rows are the functions with the most own time (compiled kernels, NumPy calls, Python functions),
+    and a last row "python (interpreter, all functions)" summing the own time of every function
+    defined in Python source, which is the per-token cost of the interpreter. cProfile adds its own
+    cost to every Python call, so that row is an upper bound.
+    """
+    import cProfile
+    import pstats
+
+    tokens = _random_tokens(model.tokenizer.n_vocab, n_gen, seed)
+    time_generation(model, tokens[:4])
+    profiler = cProfile.Profile()
+    cache = model.new_cache(n_gen + 1)
+    start = time.perf_counter()
+    profiler.enable()
+    for t in tokens:
+        model.forward([t], cache, last_only=True)
+    profiler.disable()
+    ms_per_token = (time.perf_counter() - start) * 1000 / n_gen
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    compiled = {key for key, (_cc, _nc, _tt, _ct, _callers) in stats.items() if _is_compiled(key)}
+    rows = []
+    python_ms = 0.0
+    for key, (_cc, n_calls, tottime, _cumtime, _callers) in stats.items():
+        ms = tottime * 1000 / n_gen
+        if key[0] != "~" and key not in compiled:
+            python_ms += ms
+        rows.append(ProfileRow(_label(key, key in compiled), ms, n_calls / n_gen))
+    rows.sort(key=lambda r: r.ms_per_token, reverse=True)
+    return ms_per_token, rows[:top] + [ProfileRow("python (interpreter, all functions)", python_ms, float("nan"))]
+
+
+def _is_compiled(key) -> bool:
+    """Whether a profiler entry is a Numba-compiled kernel (its dispatcher's own time is the machine code's)."""
+    filename, _line, name = key
+    return "camelid" in filename and name.startswith("_") and filename.endswith(".py") and _numba_function(filename, name)
+
+
+def _numba_function(filename: str, name: str) -> bool:
+    import sys
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__file__", None) == filename:
+            from numba.core.registry import CPUDispatcher
+
+            return isinstance(getattr(module, name, None), CPUDispatcher)
+    return False
+
+
+def _label(key, compiled: bool) -> str:
+    filename, line, name = key
+    if filename == "~":
+        return name  # a built-in: NumPy method or C function
+    short = filename.split("camelid/")[-1] if "camelid/" in filename else filename.rsplit("/", 1)[-1]
+    return f"{name} ({short}{', compiled' if compiled else ''})"

@@ -41,3 +41,12 @@ def test_bad_settings_are_explained(args, message):
     r = _bench(*args, "-n", "1")
     assert r.returncode == 1
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_profile_shows_kernels_and_interpreter_cost_per_token():
+    r = _bench("-p", "0", "-n", "8", "-r", "1", "--profile")
+    assert r.returncode == 0, r.stderr
+    profile = r.stdout.split("generation profile:")[1]
+    assert "compiled" in profile  # the matmul kernels, by name
+    interpreter = [line for line in profile.splitlines() if line.startswith("| python (interpreter")]
+    assert len(interpreter) == 1 and float(interpreter[0].split("|")[2]) > 0

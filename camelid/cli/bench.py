@@ -18,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
     p.add_argument("-r", "--repetitions", type=int, default=5, metavar="N", help="repetitions of each test (default 5)")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="md: a table; json: one JSON object")
+    p.add_argument("--profile", action="store_true", help="also profile generation: where each token's time goes")
     p.set_defaults(handler=bench)
 
 
@@ -54,4 +55,17 @@ def bench(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(_table(os.path.basename(model.path), size_gib, n_threads, results))
+    if args.profile:
+        _print_profile(model, max(8, args.n_gen))
     return 0
+
+
+def _print_profile(model, n_gen: int) -> None:
+    from camelid.bench import profile_generation
+
+    ms_per_token, rows = profile_generation(model, n_gen)
+    print(f"\ngeneration profile: {ms_per_token:.2f} ms/token under cProfile, {n_gen} tokens")
+    print("| function | ms/token | calls/token |\n|---|---:|---:|")
+    for r in rows:
+        calls = "" if r.calls_per_token != r.calls_per_token else f"{r.calls_per_token:.0f}"
+        print(f"| {r.name} | {r.ms_per_token:.3f} | {calls} |")

@@ -36,6 +36,7 @@ from numba import njit, prange
 
 from camelid.quant.blocks import BLOCK_TYPES
 from camelid.quant.ggml_math import fma32, round_f16
+from camelid.quant.nibbles import acts2, acts4, load2, load4, pack_nibbles
 
 T = GGMLQuantizationType
 U = np.uint64
@@ -95,39 +96,6 @@ def _lanes8_finish(acc, summs, has_min, g, n_out, t, out, uR):
             out[t * n_out + row] = s
 
 
-# Packed 4-bit weights: byte b = lo + 16 * hi holds weights 2k (lo) and 2k+1 (hi) of a row, as codes
-# 0..15 that the type shifts by `off` (8 for Q4_0). With h = floor(b / 16), a pair's product is
-#   (lo - off) * x0 + (hi - off) * x1 = b * x0 + h * (x1 - 16 * x0) - off * (x0 + x1),
-# so the kernels load (b, h) per byte and transform the activations once per lane instead of per
-# row. Every term is an integer below 2^24, so the float32 sums are exact in any order and equal
-# ggml's integer dot products; splitting bytes in float32 also keeps the loops at full SIMD width,
-# where byte arithmetic would be widened to int64.
-
-@njit(cache=True, inline="always")
-def _load4(q, p, nibbles, o, o2, uR, r):
-    """Weights i..i+3 of row r of a group: int8 codes q at o (one row-stride apart), or for packed
-    nibbles p at o2 the (b, h) of bytes i/2 and i/2+1, as float32."""
-    if nibbles:
-        b0 = np.float32(p[o2 + r])
-        b1 = np.float32(p[o2 + uR + r])
-        return b0, np.floor(b0 * np.float32(0.0625)), b1, np.floor(b1 * np.float32(0.0625))
-    return (np.float32(q[o + r]), np.float32(q[o + uR + r]), np.float32(q[o + U(2) * uR + r]),
-            np.float32(q[o + U(3) * uR + r]))
-
-
-@njit(cache=True, inline="always")
-def _acts4(aq, at, nibbles, off):
-    """Activations at..at+3 as float32, transformed to pair with _load4's weights, and the
-    correction to subtract from the lane sum."""
-    x0 = np.float32(aq[at])
-    x1 = np.float32(aq[at + U(1)])
-    x2 = np.float32(aq[at + U(2)])
-    x3 = np.float32(aq[at + U(3)])
-    if nibbles:
-        return x0, x1 - np.float32(16.0) * x0, x2, x3 - np.float32(16.0) * x2, off * (x0 + x1 + x2 + x3)
-    return x0, x1, x2, x3, np.float32(0.0)
-
-
 @njit(cache=True, parallel=True, boundscheck=False)
 def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chunks):
     """out (n_tok * n_out) = the 8-lane vec_dot of every weight row with every activation row.
@@ -170,15 +138,15 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                             dd[tt * uR + r] = d[db + r] * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
-                        x00, x01, x02, x03, c0 = _acts4(aq, a0 + i, nibbles, off)
-                        x10, x11, x12, x13, c1 = _acts4(aq, a1 + i, nibbles, off)
-                        x20, x21, x22, x23, c2 = _acts4(aq, a2 + i, nibbles, off)
-                        x30, x31, x32, x33, c3 = _acts4(aq, a3 + i, nibbles, off)
+                        x00, x01, x02, x03, c0 = acts4(aq, a0 + i, nibbles, off)
+                        x10, x11, x12, x13, c1 = acts4(aq, a1 + i, nibbles, off)
+                        x20, x21, x22, x23, c2 = acts4(aq, a2 + i, nibbles, off)
+                        x30, x31, x32, x33, c3 = acts4(aq, a3 + i, nibbles, off)
                         o = qg + i * uR
                         o2 = pg + (i // U(2)) * uR
                         oa = j * uR
                         for r in range(uR):
-                            w0, w1, w2, w3 = _load4(q, p, nibbles, o, o2, uR, r)
+                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
                             s0 = fma32(w3, x03, fma32(w2, x02, fma32(w1, x01, w0 * x00))) - c0
                             s1 = fma32(w3, x13, fma32(w2, x12, fma32(w1, x11, w0 * x10))) - c1
                             s2 = fma32(w3, x23, fma32(w2, x22, fma32(w1, x21, w0 * x20))) - c2
@@ -205,12 +173,12 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                         dd[r] = d[db + r] * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
-                        x0, x1, x2, x3, corr = _acts4(aq, at + i, nibbles, off)
+                        x0, x1, x2, x3, corr = acts4(aq, at + i, nibbles, off)
                         o = qg + i * uR
                         o2 = pg + (i // U(2)) * uR
                         oa = j * uR
                         for r in range(uR):
-                            w0, w1, w2, w3 = _load4(q, p, nibbles, o, o2, uR, r)
+                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
                             s = fma32(w3, x3, fma32(w2, x2, fma32(w1, x1, w0 * x0))) - corr
                             acc[oa + r] = fma32(dd[r], s, acc[oa + r])
                     if has_min:
@@ -218,25 +186,6 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                         for r in range(uR):
                             summs[r] = fma32(m[db + r], sa, summs[r])
                 _lanes8_finish(acc, summs, has_min, g, uout, t, out, uR)
-
-
-@njit(cache=True, inline="always")
-def _load2(q, p, nibbles, o, o2, uR, r):
-    """Weights i, i+1 of row r of a group as float32: codes, or (b, h) of byte i/2 (see _load4)."""
-    if nibbles:
-        b = np.float32(p[o2 + r])
-        return b, np.floor(b * np.float32(0.0625))
-    return np.float32(q[o + r]), np.float32(q[o + uR + r])
-
-
-@njit(cache=True, inline="always")
-def _acts2(aq, at, nibbles):
-    """Activations at, at+1 as float32, transformed to pair with _load2's weights."""
-    x0 = np.float32(aq[at])
-    x1 = np.float32(aq[at + U(1)])
-    if nibbles:
-        return x0, x1 - np.float32(16.0) * x0
-    return x0, x1
 
 
 @njit(cache=True, inline="always")
@@ -278,14 +227,14 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
                 for b in range(ub):
                     isum[:] = 0
                     for i in range(b * U(32), b * U(32) + U(32), U(2)):
-                        x0, y0 = _acts2(aq, a0 + i, nibbles)
-                        x1, y1 = _acts2(aq, a0 + uin + i, nibbles)
-                        x2, y2 = _acts2(aq, a0 + U(2) * uin + i, nibbles)
-                        x3, y3 = _acts2(aq, a0 + U(3) * uin + i, nibbles)
+                        x0, y0 = acts2(aq, a0 + i, nibbles)
+                        x1, y1 = acts2(aq, a0 + uin + i, nibbles)
+                        x2, y2 = acts2(aq, a0 + U(2) * uin + i, nibbles)
+                        x3, y3 = acts2(aq, a0 + U(3) * uin + i, nibbles)
                         o = qg + i * uR
                         o2 = pg + (i // U(2)) * uR
                         for r in range(uR):
-                            w, v = _load2(q, p, nibbles, o, o2, uR, r)
+                            w, v = load2(q, p, nibbles, o, o2, uR, r)
                             isum[r] = fma32(v, y0, fma32(w, x0, isum[r]))
                             isum[uR + r] = fma32(v, y1, fma32(w, x1, isum[uR + r]))
                             isum[U(2) * uR + r] = fma32(v, y2, fma32(w, x2, isum[U(2) * uR + r]))
@@ -309,11 +258,11 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
                     db = dg + b * uR
                     isum[:R] = 0
                     for i in range(b * U(32), b * U(32) + U(32), U(2)):
-                        a0, a1 = _acts2(aq, at + i, nibbles)
+                        a0, a1 = acts2(aq, at + i, nibbles)
                         o = qg + i * uR
                         o2 = pg + (i // U(2)) * uR
                         for r in range(uR):
-                            w, v = _load2(q, p, nibbles, o, o2, uR, r)
+                            w, v = load2(q, p, nibbles, o, o2, uR, r)
                             isum[r] = fma32(v, a1, fma32(w, a0, isum[r]))
                     cb = _block_correction(aq, at + b * U(32), nibbles, off)
                     for r in range(uR):
@@ -348,11 +297,6 @@ def _codes_q32(recs: np.ndarray, t: GGMLQuantizationType) -> np.ndarray:
     return q
 
 
-def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    """(n, k) codes 0..15 in weight order -> (n, k/2) uint8, weight 2j in the low nibble of byte j."""
-    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-
-
 _NIBBLE_TYPES = (T.Q4_0, T.Q4_1)
 
 
@@ -381,7 +325,7 @@ class PackedQ32:
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(bt.dtype)
             codes = _codes_q32(recs, t).reshape(r1 - r0, n_in)
             if self.nibbles:
-                packed = _pack_nibbles(codes.view(np.uint8) + np.uint8(self.off))
+                packed = pack_nibbles(codes.view(np.uint8) + np.uint8(self.off))
                 self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = _interleave(packed, g1 - g0)
             else:
                 self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes, g1 - g0)
