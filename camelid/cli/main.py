@@ -7,24 +7,26 @@ import sys
 import warnings
 
 from camelid import __version__
+from camelid.cli import bench
 from camelid.cli import chat
 from camelid.cli import convert
+from camelid.cli import inspect
 from camelid.cli import merge_lora
+from camelid.cli import quantize
 from camelid.cli import run
 from camelid.cli import serve
-from camelid.cli import quantize
-from camelid.cli import inspect
 from camelid.errors import CamelidError
 
 # One module per subcommand, each with register(subparsers); heavy imports stay inside the handlers.
 SUBCOMMANDS = (
     chat,
     run,
-    merge_lora,
-    convert,
     serve,
+    convert,
+    merge_lora,
     quantize,
     inspect,
+    bench,
 )
 
 

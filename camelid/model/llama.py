@@ -13,6 +13,7 @@ from camelid.model.cache import KVCache
 from camelid.model.config import Config
 from camelid.model.ops import Rope, attention, rms_norm, silu_mul
 from camelid.quant import QTensor, load_vector
+from camelid.quant.qtensor import StackedMatrices
 from camelid.quant.kernels import kernels_compiled
 
 # Tokens per forward pass, as llama.cpp's default n_ubatch (and llama-cpp-python's n_batch).
@@ -35,6 +36,10 @@ class Block:
     ffn_gate: QTensor  # (n_ff, n_embd)
     ffn_up: QTensor  # (n_ff, n_embd)
     ffn_down: QTensor  # (n_embd, n_ff)
+
+    def __post_init__(self):
+        self.attn_qkv = StackedMatrices([self.attn_q, self.attn_k, self.attn_v])  # one product for q, k, v
+        self.ffn_gate_up = StackedMatrices([self.ffn_gate, self.ffn_up])
 
 
 class LlamaModel:
@@ -100,9 +105,16 @@ class LlamaModel:
             mats += [b.attn_q, b.attn_k, b.attn_v, b.attn_output, b.ffn_gate, b.ffn_up, b.ffn_down]
         return mats
 
+    def _products(self) -> list[QTensor | StackedMatrices]:
+        """What forward() multiplies by: each layer's stacked q/k/v and gate/up, and the rest."""
+        mats = [self.token_embd] if self.output is self.token_embd else [self.token_embd, self.output]
+        for b in self.blocks:
+            mats += [b.attn_qkv, b.attn_output, b.ffn_gate_up, b.ffn_down]
+        return mats
+
     def _prepare_weights(self, show_progress: bool) -> None:
         """Unpack each weight matrix once for its kernel (the first run also compiles the kernels)."""
-        mats = self.matrices()
+        mats = self._products()
         desc = "preparing weights" if kernels_compiled() else "compiling kernels (first run only)"
         for m in tqdm(mats, desc=desc, unit="tensor", disable=None if show_progress else True, leave=False):
             m.prepare()
@@ -135,9 +147,7 @@ class LlamaModel:
         x = self.token_embd.get_rows(tokens)  # (n, n_embd)
         for layer, b in enumerate(self.blocks):
             h = rms_norm(x, b.attn_norm, c.rms_eps)
-            q = b.attn_q.matmul(h)  # (n, n_head * head_dim)
-            k = b.attn_k.matmul(h)  # (n, n_head_kv * head_dim)
-            v = b.attn_v.matmul(h)
+            q, k, v = b.attn_qkv.matmul(h)  # (n, n_head * head_dim), (n, n_head_kv * head_dim) x 2
             if b.attn_q_bias is not None:
                 q += b.attn_q_bias
                 k += b.attn_k_bias
@@ -151,6 +161,6 @@ class LlamaModel:
             if last_only and layer == c.n_layer - 1:
                 x = x[-1:]  # as llama.cpp: the last feed-forward runs on the output rows only
             h = rms_norm(x, b.ffn_norm, c.rms_eps)
-            x = x + b.ffn_down.matmul(silu_mul(b.ffn_gate.matmul(h), b.ffn_up.matmul(h)))
+            x = x + b.ffn_down.matmul(silu_mul(*b.ffn_gate_up.matmul(h)))
         cache.tokens.extend(int(t) for t in tokens)
         return self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))

@@ -36,6 +36,7 @@ from numba import njit, prange
 
 from camelid.quant.blocks import BLOCK_TYPES
 from camelid.quant.ggml_math import fma32, round_f16
+from camelid.quant.nibbles import acts2, acts4, load2, load4, pack_nibbles
 
 T = GGMLQuantizationType
 U = np.uint64
@@ -96,13 +97,15 @@ def _lanes8_finish(acc, summs, has_min, g, n_out, t, out, uR):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_q32_lanes8(q, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chunks):
+def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chunks):
     """out (n_tok * n_out) = the 8-lane vec_dot of every weight row with every activation row.
 
-    q: (n_groups * n_in * R) int8 weight codes, d, m: (n_groups * n_blocks * R) float32 scales and
-    mins; aq: (n_tok * n_in) int8 activation codes, ad, as_: (n_tok * n_blocks) float32 scales and
-    Q8_1 sums. Tokens go 4 at a time (each weight code is converted once for 4 tokens), then 1 by 1.
-    The 4 products of a lane and their sums are integers below 2^24, exact in float32 in any order.
+    Weights: q (n_groups * n_in * R) int8 codes, or with `nibbles` p (n_groups * n_in/2 * R) uint8,
+    two 4-bit codes per byte (weights 2k, 2k+1 of a row), each minus `off`; d, m: (n_groups *
+    n_blocks * R) float32 scales and mins; aq: (n_tok * n_in) int8 activation codes, ad, as_:
+    (n_tok * n_blocks) float32 scales and Q8_1 sums. Tokens go 4 at a time (each weight code is
+    converted once for 4 tokens), then 1 by 1. The 4 products of a lane and their sums are integers
+    below 2^24, exact in float32 in any order.
     """
     n_blocks = n_in // 32
     n_groups = (n_out + R - 1) // R
@@ -118,6 +121,7 @@ def _mm_q32_lanes8(q, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chu
         summs = np.zeros(4 * R, np.float32)
         for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
             qg = g * uin * uR
+            pg = g * (uin // U(2)) * uR
             dg = g * ub * uR
             for t0 in range(U(0), n4, U(4)):
                 acc[:] = 0
@@ -134,33 +138,19 @@ def _mm_q32_lanes8(q, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chu
                             dd[tt * uR + r] = d[db + r] * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
-                        x00 = np.float32(aq[a0 + i])
-                        x01 = np.float32(aq[a0 + i + U(1)])
-                        x02 = np.float32(aq[a0 + i + U(2)])
-                        x03 = np.float32(aq[a0 + i + U(3)])
-                        x10 = np.float32(aq[a1 + i])
-                        x11 = np.float32(aq[a1 + i + U(1)])
-                        x12 = np.float32(aq[a1 + i + U(2)])
-                        x13 = np.float32(aq[a1 + i + U(3)])
-                        x20 = np.float32(aq[a2 + i])
-                        x21 = np.float32(aq[a2 + i + U(1)])
-                        x22 = np.float32(aq[a2 + i + U(2)])
-                        x23 = np.float32(aq[a2 + i + U(3)])
-                        x30 = np.float32(aq[a3 + i])
-                        x31 = np.float32(aq[a3 + i + U(1)])
-                        x32 = np.float32(aq[a3 + i + U(2)])
-                        x33 = np.float32(aq[a3 + i + U(3)])
+                        x00, x01, x02, x03, c0 = acts4(aq, a0 + i, nibbles, off)
+                        x10, x11, x12, x13, c1 = acts4(aq, a1 + i, nibbles, off)
+                        x20, x21, x22, x23, c2 = acts4(aq, a2 + i, nibbles, off)
+                        x30, x31, x32, x33, c3 = acts4(aq, a3 + i, nibbles, off)
                         o = qg + i * uR
+                        o2 = pg + (i // U(2)) * uR
                         oa = j * uR
                         for r in range(uR):
-                            w0 = np.float32(q[o + r])
-                            w1 = np.float32(q[o + uR + r])
-                            w2 = np.float32(q[o + U(2) * uR + r])
-                            w3 = np.float32(q[o + U(3) * uR + r])
-                            s0 = fma32(w3, x03, fma32(w2, x02, fma32(w1, x01, w0 * x00)))
-                            s1 = fma32(w3, x13, fma32(w2, x12, fma32(w1, x11, w0 * x10)))
-                            s2 = fma32(w3, x23, fma32(w2, x22, fma32(w1, x21, w0 * x20)))
-                            s3 = fma32(w3, x33, fma32(w2, x32, fma32(w1, x31, w0 * x30)))
+                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
+                            s0 = fma32(w3, x03, fma32(w2, x02, fma32(w1, x01, w0 * x00))) - c0
+                            s1 = fma32(w3, x13, fma32(w2, x12, fma32(w1, x11, w0 * x10))) - c1
+                            s2 = fma32(w3, x23, fma32(w2, x22, fma32(w1, x21, w0 * x20))) - c2
+                            s3 = fma32(w3, x33, fma32(w2, x32, fma32(w1, x31, w0 * x30))) - c3
                             acc[oa + r] = fma32(dd[r], s0, acc[oa + r])
                             acc[U(8) * uR + oa + r] = fma32(dd[uR + r], s1, acc[U(8) * uR + oa + r])
                             acc[U(16) * uR + oa + r] = fma32(dd[U(2) * uR + r], s2, acc[U(16) * uR + oa + r])
@@ -183,15 +173,13 @@ def _mm_q32_lanes8(q, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chu
                         dd[r] = d[db + r] * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
-                        x0 = np.float32(aq[at + i])
-                        x1 = np.float32(aq[at + i + U(1)])
-                        x2 = np.float32(aq[at + i + U(2)])
-                        x3 = np.float32(aq[at + i + U(3)])
+                        x0, x1, x2, x3, corr = acts4(aq, at + i, nibbles, off)
                         o = qg + i * uR
+                        o2 = pg + (i // U(2)) * uR
                         oa = j * uR
                         for r in range(uR):
-                            s = fma32(np.float32(q[o + U(3) * uR + r]), x3, fma32(np.float32(q[o + U(2) * uR + r]), x2,
-                                      fma32(np.float32(q[o + uR + r]), x1, np.float32(q[o + r]) * x0)))
+                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
+                            s = fma32(w3, x3, fma32(w2, x2, fma32(w1, x1, w0 * x0))) - corr
                             acc[oa + r] = fma32(dd[r], s, acc[oa + r])
                     if has_min:
                         sa = as_[t * ub + b]
@@ -200,11 +188,23 @@ def _mm_q32_lanes8(q, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chu
                 _lanes8_finish(acc, summs, has_min, g, uout, t, out, uR)
 
 
+@njit(cache=True, inline="always")
+def _block_correction(aq, at, nibbles, off):
+    """off * (the sum of the block's 32 activations from at): what nibble codes owe for their shift."""
+    if not nibbles:
+        return np.float32(0.0)
+    total = np.float32(0.0)
+    for i in range(U(32)):
+        total += np.float32(aq[at + i])
+    return off * total
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_q32_lanes1(q, d, aq, ad, n_out, n_in, n_tok, out, n_chunks):
+def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chunks):
     """The repacked-Q4_0 order: acc = fma(f32(block integer sum), f32(d_w * d_a), acc) per output.
 
-    Tokens go 4 at a time, then 1 by 1; the block sums (|sum| <= 32 * 8 * 127) are exact in float32.
+    Weights as for _mm_q32_lanes8. Tokens go 4 at a time, then 1 by 1; the block sums
+    (|sum| <= 32 * 8 * 127) are exact in float32, whatever the order of their terms.
     """
     n_blocks = n_in // 32
     n_groups = (n_out + R - 1) // R
@@ -219,29 +219,32 @@ def _mm_q32_lanes1(q, d, aq, ad, n_out, n_in, n_tok, out, n_chunks):
         isum = np.zeros(4 * R, np.float32)
         for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
             qg = g * uin * uR
+            pg = g * (uin // U(2)) * uR
             dg = g * ub * uR
             for t0 in range(U(0), n4, U(4)):
                 acc[:] = 0
                 a0 = t0 * uin
                 for b in range(ub):
                     isum[:] = 0
-                    for i in range(b * U(32), b * U(32) + U(32)):
-                        x0 = np.float32(aq[a0 + i])
-                        x1 = np.float32(aq[a0 + uin + i])
-                        x2 = np.float32(aq[a0 + U(2) * uin + i])
-                        x3 = np.float32(aq[a0 + U(3) * uin + i])
+                    for i in range(b * U(32), b * U(32) + U(32), U(2)):
+                        x0, y0 = acts2(aq, a0 + i, nibbles)
+                        x1, y1 = acts2(aq, a0 + uin + i, nibbles)
+                        x2, y2 = acts2(aq, a0 + U(2) * uin + i, nibbles)
+                        x3, y3 = acts2(aq, a0 + U(3) * uin + i, nibbles)
                         o = qg + i * uR
+                        o2 = pg + (i // U(2)) * uR
                         for r in range(uR):
-                            w = np.float32(q[o + r])
-                            isum[r] = fma32(w, x0, isum[r])
-                            isum[uR + r] = fma32(w, x1, isum[uR + r])
-                            isum[U(2) * uR + r] = fma32(w, x2, isum[U(2) * uR + r])
-                            isum[U(3) * uR + r] = fma32(w, x3, isum[U(3) * uR + r])
+                            w, v = load2(q, p, nibbles, o, o2, uR, r)
+                            isum[r] = fma32(v, y0, fma32(w, x0, isum[r]))
+                            isum[uR + r] = fma32(v, y1, fma32(w, x1, isum[uR + r]))
+                            isum[U(2) * uR + r] = fma32(v, y2, fma32(w, x2, isum[U(2) * uR + r]))
+                            isum[U(3) * uR + r] = fma32(v, y3, fma32(w, x3, isum[U(3) * uR + r]))
                     db = dg + b * uR
                     for tt in range(U(4)):
                         da = ad[(t0 + tt) * ub + b]
+                        cb = _block_correction(aq, a0 + tt * uin + b * U(32), nibbles, off)
                         for r in range(uR):
-                            acc[tt * uR + r] = fma32(isum[tt * uR + r], d[db + r] * da, acc[tt * uR + r])
+                            acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, d[db + r] * da, acc[tt * uR + r])
                 for tt in range(U(4)):
                     for r in range(uR):
                         row = g * uR + r
@@ -254,13 +257,16 @@ def _mm_q32_lanes1(q, d, aq, ad, n_out, n_in, n_tok, out, n_chunks):
                     da = ad[t * ub + b]
                     db = dg + b * uR
                     isum[:R] = 0
-                    for i in range(b * U(32), b * U(32) + U(32)):
-                        a = np.float32(aq[at + i])
+                    for i in range(b * U(32), b * U(32) + U(32), U(2)):
+                        a0, a1 = acts2(aq, at + i, nibbles)
                         o = qg + i * uR
+                        o2 = pg + (i // U(2)) * uR
                         for r in range(uR):
-                            isum[r] = fma32(np.float32(q[o + r]), a, isum[r])
+                            w, v = load2(q, p, nibbles, o, o2, uR, r)
+                            isum[r] = fma32(v, a1, fma32(w, a0, isum[r]))
+                    cb = _block_correction(aq, at + b * U(32), nibbles, off)
                     for r in range(uR):
-                        acc[r] = fma32(isum[r], d[db + r] * da, acc[r])
+                        acc[r] = fma32(isum[r] - cb, d[db + r] * da, acc[r])
                 for r in range(uR):
                     row = g * uR + r
                     if row < uout:
@@ -291,14 +297,24 @@ def _codes_q32(recs: np.ndarray, t: GGMLQuantizationType) -> np.ndarray:
     return q
 
 
+_NIBBLE_TYPES = (T.Q4_0, T.Q4_1)
+
+
 class PackedQ32:
-    """A 32-weight-block matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) unpacked for the kernels."""
+    """A 32-weight-block matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) laid out for the kernels.
+
+    4-bit types keep two codes per byte (p: (n_groups, n_in/2, R) uint8, about the file's size);
+    the others are unpacked to int8 codes (q: (n_groups, n_in, R)).
+    """
 
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int, repacked_q4_0: bool):
         bt = BLOCK_TYPES[t]
         n_blocks = n_in // 32
         self.n_groups = n_groups = (n_out + R - 1) // R
-        self.q = np.empty(n_groups * n_in * R, np.int8)
+        self.nibbles = t in _NIBBLE_TYPES
+        self.off = np.float32(8.0 if t == T.Q4_0 else 0.0)
+        self.q = np.empty(0 if self.nibbles else n_groups * n_in * R, np.int8)
+        self.p = np.empty(n_groups * n_in // 2 * R if self.nibbles else 0, np.uint8)
         self.d = np.empty(n_groups * n_blocks * R, np.float32)
         self.has_min = t in (T.Q4_1, T.Q5_1)
         self.m = np.empty(n_groups * n_blocks * R if self.has_min else 0, np.float32)
@@ -308,13 +324,18 @@ class PackedQ32:
             g0, g1 = r0 // R, (r1 + R - 1) // R
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(bt.dtype)
             codes = _codes_q32(recs, t).reshape(r1 - r0, n_in)
-            self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes, g1 - g0)
+            if self.nibbles:
+                packed = pack_nibbles(codes.view(np.uint8) + np.uint8(self.off))
+                self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = _interleave(packed, g1 - g0)
+            else:
+                self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes, g1 - g0)
             self.d[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["d"].astype(np.float32).reshape(r1 - r0, n_blocks), g1 - g0)
             if self.has_min:
                 self.m[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["m"].astype(np.float32).reshape(r1 - r0, n_blocks), g1 - g0)
         self.t = t
         self.n_out, self.n_in = n_out, n_in
         self.lanes = 1 if repacked_q4_0 else 8
+        self.copies_weights = True
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         n_tok = x.shape[0]
@@ -324,10 +345,11 @@ class PackedQ32:
         s = np.empty(n_tok * (self.n_in // 32) if self.has_min else 0, np.float32)
         _quantize_q8(x, self.has_min, aq, ad, s)
         if self.lanes == 8:
-            _mm_q32_lanes8(self.q, self.d, self.m, self.has_min, aq, ad, s, self.n_out, self.n_in, n_tok,
-                           out.reshape(-1), _n_chunks(self.n_groups))
+            _mm_q32_lanes8(self.q, self.p, self.nibbles, self.off, self.d, self.m, self.has_min, aq, ad, s,
+                           self.n_out, self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
         else:
-            _mm_q32_lanes1(self.q, self.d, aq, ad, self.n_out, self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
+            _mm_q32_lanes1(self.q, self.p, self.nibbles, self.off, self.d, aq, ad, self.n_out, self.n_in, n_tok,
+                           out.reshape(-1), _n_chunks(self.n_groups))
         return out
 
 
@@ -361,10 +383,12 @@ def _build_float(w):
 
 class _Kernel:
     """`kernel(qtensor, x)` for QTensor.matmul; `prepare` unpacks the weights once, into
-    `qtensor.kernel_data`."""
+    `qtensor.kernel_data`; `layout(qtensor)` is what, beside the type, decides the arithmetic of a
+    matrix's products (matrices stack into one product only where it is equal)."""
 
-    def __init__(self, build):
+    def __init__(self, build, layout):
         self.build = build
+        self.layout = layout
 
     def prepare(self, w):
         if w.kernel_data is None:
@@ -375,8 +399,12 @@ class _Kernel:
         return self.prepare(w).matmul(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def _same_for_all(w) -> bool:
+    return True
+
+
 BUILTIN_KERNELS = {
-    **{t: _Kernel(_build_q32) for t in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)},
-    **{t: _Kernel(_build_k) for t in (T.Q4_K, T.Q5_K, T.Q6_K)},
-    **{t: _Kernel(_build_float) for t in (T.F32, T.F16, T.BF16)},
+    **{t: _Kernel(_build_q32, _repacked_by_llama_cpp) for t in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)},
+    **{t: _Kernel(_build_k, _repacked_by_llama_cpp) for t in (T.Q4_K, T.Q5_K, T.Q6_K)},
+    **{t: _Kernel(_build_float, _same_for_all) for t in (T.F32, T.F16, T.BF16)},
 }

@@ -207,6 +207,7 @@ class PackedFloat:
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
         self.t = t
         self.kind = _KIND[t]
+        self.copies_weights = self.kind != F32  # F32 weights are used in place
         self.n_out, self.n_in = n_out, n_in
         if self.kind == F32:
             self.w = raw.view(np.float32).reshape(n_out, n_in)

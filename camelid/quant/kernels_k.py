@@ -30,6 +30,7 @@ from numba import njit, prange
 from camelid.quant.activations import quantize_q8_K
 from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
 from camelid.quant.ggml_math import fma32, hsum8
+from camelid.quant.nibbles import acts4, load4, pack_nibbles
 
 T = GGMLQuantizationType
 U = np.uint64
@@ -43,13 +44,14 @@ TILED_OUT_FMA = True
 
 
 @njit(cache=True, boundscheck=False)
-def _mm_k(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_chunks, summs_fma, out_fma):
+def _mm_k(q, p, nibbles, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_chunks, summs_fma, out_fma):
     """out (n_tok, n_out) for K-quant weights; modes (n_tok,) picks the code path per token row.
 
-    q: (n_groups * n_in * R) int8 codes (unsigned values); d, dmin: (n_groups * n_sb * R) float32;
-    sc: (n_groups * n_sb * n_sub * R), mn: (n_groups * n_sb * 8 * R) float32 integer scales / mins
-    (n_sub = 16 for Q6_K, else 8); aq (n_tok, n_in) int8, ad (n_tok, n_sb) float32, abs16
-    (n_tok, n_sb * 16) float64 per-16 sums of aq.
+    q: (n_groups * n_in * R) int8 codes (unsigned values), or with `nibbles` (Q4_K) p: (n_groups *
+    n_in/2 * R) uint8, two codes per byte (see nibbles.py); d, dmin: (n_groups * n_sb * R) float32;
+    sc: (n_groups * n_sb * n_sub * R) integer scales (int8 for Q6_K, else uint8), mn: (n_groups *
+    n_sb * 8 * R) uint8 mins (n_sub = 16 for Q6_K, else 8); aq (n_tok, n_in) int8, ad (n_tok, n_sb)
+    float32, abs16 (n_tok, n_sb * 16) float64 per-16 sums of aq.
     """
     n_tok = aq.shape[0]
     n_sb = n_in // QK
@@ -72,8 +74,10 @@ def _mm_k(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_ch
         s2 = np.zeros(R, np.float64)
         for grp in range(c * per, min(n_groups, (c + 1) * per)):
             qg = U(grp) * uin * uR
+            pg = U(grp) * (uin // U(2)) * uR
             for t in range(n_tok):
                 mode = modes[t]
+                arow = aq[t]
                 acc[:] = 0
                 accm[:] = 0
                 one[:] = 0
@@ -84,15 +88,13 @@ def _mm_k(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_ch
                     # exact partial sums of 4 products
                     for gk in range(U(64)):
                         i = U(b * QK) + U(4) * gk
-                        a0 = np.float32(aq[t, i])
-                        a1 = np.float32(aq[t, i + U(1)])
-                        a2 = np.float32(aq[t, i + U(2)])
-                        a3 = np.float32(aq[t, i + U(3)])
+                        a0, a1, a2, a3, _ = acts4(arow, i, nibbles, np.float32(0.0))
                         o = qg + i * uR
+                        o2 = pg + (i // U(2)) * uR
                         po = gk * uR
                         for r in range(uR):
-                            P[po + r] = (np.float32(q[o + r]) * a0 + np.float32(q[o + uR + r]) * a1) + (
-                                np.float32(q[o + U(2) * uR + r]) * a2 + np.float32(q[o + U(3) * uR + r]) * a3)
+                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
+                            P[po + r] = (w0 * a0 + w1 * a1) + (w2 * a2 + w3 * a3)
                     ob = U((grp * n_sb + b) * R)
                     osc = U((grp * n_sb + b) * n_sub * R)
                     omn = U((grp * n_sb + b) * 8 * R)
@@ -112,10 +114,10 @@ def _mm_k(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_ch
                                 op = (g * U(8) + k) * uR
                                 if g < U(4):
                                     for r in range(uR):
-                                        lo[r] = fma32(sc[os_ + r], P[op + r], lo[r])
+                                        lo[r] = fma32(np.float32(sc[os_ + r]), P[op + r], lo[r])
                                 else:
                                     for r in range(uR):
-                                        hi[r] = fma32(sc[os_ + r], P[op + r], hi[r])
+                                        hi[r] = fma32(np.float32(sc[os_ + r]), P[op + r], hi[r])
                             if kind == 6:
                                 b0 = 32.0 * bs[2 * k]
                                 b1 = 32.0 * bs[2 * k + 1]
@@ -140,7 +142,7 @@ def _mm_k(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_ch
                                 o0 = omn + U(2) * kk * uR
                                 o1 = o0 + uR
                                 for r in range(uR):
-                                    prod = mn[o0 + r] * q0 + mn[o1 + r] * q1
+                                    prod = np.float32(mn[o0 + r]) * q0 + np.float32(mn[o1 + r]) * q1
                                     if kind == 4:
                                         accm[kk * uR + r] = fma32(dm[r], prod, accm[kk * uR + r])
                                     lo[r] += prod
@@ -208,7 +210,7 @@ def _mm_k(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_ch
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_k_parallel(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_chunks, summs_fma, out_fma):
+def _mm_k_parallel(q, p, nibbles, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, out, n_chunks, summs_fma, out_fma):
     n_groups = (n_out + R - 1) // R
     per = (n_groups + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
@@ -216,7 +218,7 @@ def _mm_k_parallel(q, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n_out, n_in, 
         g1 = min(n_groups, (c + 1) * per)
         if g0 >= g1:
             continue
-        _mm_k(q[g0 * n_in * R:g1 * n_in * R], d[g0 * (n_in // QK) * R:], dmin[g0 * (n_in // QK) * R:],
+        _mm_k(q[g0 * n_in * R:g1 * n_in * R], p[g0 * (n_in // 2) * R:g1 * (n_in // 2) * R], nibbles, d[g0 * (n_in // QK) * R:], dmin[g0 * (n_in // QK) * R:],
               sc[g0 * (n_in // QK) * (16 if kind == 6 else 8) * R:], mn[g0 * (n_in // QK) * 8 * R:], kind, modes,
               aq, ad, abs16, min(n_out - g0 * R, (g1 - g0) * R), n_in, out[:, g0 * R:], 1, summs_fma, out_fma)
 
@@ -255,14 +257,17 @@ class PackedK:
         self.kind = {T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6}[t]
         self.n_out, self.n_in = n_out, n_in
         self.repacked = repacked
+        self.copies_weights = True
         n_sb = n_in // QK
         n_sub = 16 if t == T.Q6_K else 8
         self.n_groups = n_groups = (n_out + R - 1) // R
-        self.q = np.empty(n_groups * n_in * R, np.int8)
+        self.nibbles = t == T.Q4_K
+        self.q = np.empty(0 if self.nibbles else n_groups * n_in * R, np.int8)
+        self.p = np.empty(n_groups * n_in // 2 * R if self.nibbles else 0, np.uint8)
         self.d = np.empty(n_groups * n_sb * R, np.float32)
         self.dmin = np.empty(n_groups * n_sb * R, np.float32)
-        self.sc = np.empty(n_groups * n_sb * n_sub * R, np.float32)
-        self.mn = np.empty(n_groups * n_sb * 8 * R, np.float32)
+        self.sc = np.empty(n_groups * n_sb * n_sub * R, np.int8 if t == T.Q6_K else np.uint8)
+        self.mn = np.empty(n_groups * n_sb * 8 * R if t != T.Q6_K else 0, np.uint8)
         step = max(R, PACK_ROWS // R * R)
         dtype = BLOCK_TYPES[t].dtype
         for r0 in range(0, n_out, step):
@@ -271,11 +276,16 @@ class PackedK:
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
             codes, d, dmin, sc, mn = _unpack(recs, t)
             rows = r1 - r0
-            self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes.reshape(rows, n_in).astype(np.int8), g1 - g0)
+            if self.nibbles:
+                packed = pack_nibbles(codes.reshape(rows, n_in))
+                self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = _interleave(packed, g1 - g0)
+            else:
+                self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes.reshape(rows, n_in).astype(np.int8), g1 - g0)
             self.d[g0 * n_sb * R:g1 * n_sb * R] = _interleave(d.reshape(rows, n_sb), g1 - g0)
             self.dmin[g0 * n_sb * R:g1 * n_sb * R] = _interleave(dmin.reshape(rows, n_sb), g1 - g0)
-            self.sc[g0 * n_sb * n_sub * R:g1 * n_sb * n_sub * R] = _interleave(sc.reshape(rows, n_sb * n_sub), g1 - g0)
-            self.mn[g0 * n_sb * 8 * R:g1 * n_sb * 8 * R] = _interleave(mn.reshape(rows, n_sb * 8), g1 - g0)
+            self.sc[g0 * n_sb * n_sub * R:g1 * n_sb * n_sub * R] = _interleave(sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0)
+            if t != T.Q6_K:
+                self.mn[g0 * n_sb * 8 * R:g1 * n_sb * 8 * R] = _interleave(mn.reshape(rows, n_sb * 8).astype(np.uint8), g1 - g0)
 
     def modes(self, n_tok: int) -> np.ndarray:
         """The llama.cpp code path for each of n_tok activation rows."""
@@ -293,7 +303,7 @@ class PackedK:
         abs16 = q.reshape(n_tok, -1, 16).sum(axis=2, dtype=np.int32).astype(np.float64)
         out = np.empty((n_tok, self.n_out), np.float32)
         n_chunks = max(1, min(self.n_groups, numba.get_num_threads()))
-        _mm_k_parallel(self.q, self.d, self.dmin, self.sc, self.mn, self.kind, self.modes(n_tok), aq,
+        _mm_k_parallel(self.q, self.p, self.nibbles, self.d, self.dmin, self.sc, self.mn, self.kind, self.modes(n_tok), aq,
                        np.ascontiguousarray(d, dtype=np.float32), abs16, self.n_out, self.n_in, out, n_chunks,
                        Q5K_SUMMS_FMA, TILED_OUT_FMA)
         return out

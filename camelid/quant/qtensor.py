@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from camelid.errors import CamelidError
-from camelid.formats.gguf import TensorInfo
+from camelid.formats.gguf import TensorInfo, release_mapped_pages
 from camelid.quant.activations import fake_quantize, q8_1_sum_correction
 from camelid.quant.blocks import BlockType, check_supported, dequantize
 
@@ -132,12 +132,18 @@ class QTensor:
             self._dense = self._mins = None
 
     def prepare(self) -> None:
-        """Build once what `matmul` needs: the kernel's unpacked weights, or the float32 cache."""
+        """Build once what `matmul` needs: the kernel's unpacked weights, or the float32 cache.
+
+        When the kernel keeps its own copy of the weights, the file's pages under `raw` are released
+        from this process, so a model costs its kernels' layout, not that plus the mapping.
+        """
         kernel = registered_kernel(self.ggml_type)
         if kernel is not None:
             prepare = getattr(kernel, "prepare", None)
             if prepare is not None:
                 prepare(self)
+                if getattr(self.kernel_data, "copies_weights", False):
+                    release_mapped_pages(self.raw)
         elif self._cache:
             self.dequantized()
 
@@ -224,3 +230,56 @@ class QTensor:
                 yt += corr @ self._block_mins(r0, r1).T
             y[:, r0:r1] = yt
         return y
+
+
+class StackedMatrices:
+    """Matrices that multiply the same activations (q, k, v; gate, up), run as one kernel call.
+
+    When the parts share a type with a built-in kernel and the same arithmetic (see the kernel's
+    `layout`), their rows are packed together once, so the activations are quantized once and the
+    kernel is entered once; each output element is computed exactly as it would be alone. Otherwise
+    the parts are multiplied one by one. `matmul` returns one (n_tokens, n_out_i) array per part.
+    """
+
+    def __init__(self, parts: list[QTensor]):
+        self.parts = parts
+        self.packed = None  # the kernel's data for all parts' rows, when they stack
+
+    def _kernel_for_stack(self):
+        first = self.parts[0]
+        kernel = registered_kernel(first.ggml_type)
+        layout = getattr(kernel, "layout", None)
+        if len(self.parts) < 2 or layout is None:
+            return None
+        same = all(p.ggml_type == first.ggml_type and p.shape[1] == first.shape[1] for p in self.parts)
+        if not same or len({layout(p) for p in self.parts}) != 1:
+            return None
+        return kernel
+
+    def prepare(self) -> None:
+        """Pack the parts' rows together for their kernel, or prepare each part on its own."""
+        kernel = self._kernel_for_stack()
+        if kernel is None:
+            for p in self.parts:
+                p.prepare()
+            return
+        first = self.parts[0]
+        n_out = sum(p.shape[0] for p in self.parts)
+        stacked = QTensor("+".join(p.name for p in self.parts), first.ggml_type, (n_out, first.shape[1]),
+                          np.concatenate([p.raw for p in self.parts]))
+        if kernel.layout(stacked) != kernel.layout(first):
+            for p in self.parts:
+                p.prepare()
+            return
+        self.packed = kernel.build(stacked)
+        if getattr(self.packed, "copies_weights", False):
+            for p in self.parts:
+                release_mapped_pages(p.raw)
+
+    def matmul(self, x: np.ndarray) -> list[np.ndarray]:
+        """[x @ W_i.T for each part]: (n_tokens, n_in) -> (n_tokens, n_out_i) float32 arrays."""
+        if self.packed is None:
+            return [p.matmul(x) for p in self.parts]
+        y = self.packed.matmul(np.ascontiguousarray(x, dtype=np.float32))
+        bounds = np.cumsum([0] + [p.shape[0] for p in self.parts])
+        return [np.ascontiguousarray(y[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
