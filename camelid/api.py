@@ -63,6 +63,13 @@ class Model:
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
 
+    def tokenize_chat(self, text: str) -> list[int]:
+        """Token ids of a prompt the chat template rendered: special tokens parsed, and BOS added
+        unless the template wrote it already."""
+        tok = self.tokenizer
+        bos_text = tok.tokens[tok.bos_id] if tok.bos_id is not None and 0 <= tok.bos_id < tok.n_vocab else None
+        return tok.encode(text, add_special=not (bos_text and text.startswith(bos_text)), parse_special=True)
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 

@@ -47,11 +47,7 @@ class ChatSession:
         return head + messages
 
     def _tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        tok = self.model.tokenizer
-        text = self.model.template.render(self._with_system(messages), add_generation_prompt=True)
-        bos_text = tok.tokens[tok.bos_id] if tok.bos_id is not None and 0 <= tok.bos_id < tok.n_vocab else None
-        add_special = not (bos_text and text.startswith(bos_text))
-        return tok.encode(text, add_special=add_special, parse_special=True)
+        return self.model.tokenize_chat(self.model.template.render(self._with_system(messages), add_generation_prompt=True))
 
     def prompt_tokens(self) -> list[int]:
         """The conversation so far, rendered with a generation prompt and tokenized."""

@@ -189,17 +189,20 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                 "meta": {"n_ctx": model.n_ctx, "n_ctx_train": c.n_ctx_train, "n_vocab": tok.n_vocab,
                          "name": model.metadata.get("general.name")}}
 
-    def tokenize_text(text: str, param: str, add_special: bool) -> list[int]:
+    def check_text_size(text: str, param: str) -> None:
         if len(text.encode("utf-8", "surrogatepass")) > max_token_bytes * model.n_ctx:
             raise APIError(400, f"the {param} is far longer than the context of {model.n_ctx} tokens; shorten it.",
                            param=param, code="context_length_exceeded")
+
+    def tokenize_text(text: str, param: str, add_special: bool) -> list[int]:
+        check_text_size(text, param)
         return tok.encode(text, add_special=add_special, parse_special=True)
 
     def chat_prompt(messages: list[dict[str, str]]) -> list[int]:
         """The conversation rendered with the model's chat template and tokenized, as ChatSession does."""
         text = model.template.render(messages, add_generation_prompt=True)
-        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None and 0 <= tok.bos_id < tok.n_vocab else None
-        return tokenize_text(text, "messages", add_special=not (bos and text.startswith(bos)))
+        check_text_size(text, "messages")
+        return model.tokenize_chat(text)
 
     def check_room(prompt: list[int], max_tokens: int | None, param: str) -> None:
         if not prompt:
