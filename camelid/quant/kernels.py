@@ -17,11 +17,12 @@ this machine (tests/test_kernels.py checks every type and batch size against the
 - kernels_k.py: Q4_K, Q5_K, Q6_K (vec_dot, the tiled VNNI kernels, the repacked Q4_K 8x8 kernels).
 - kernels_float.py: F32, F16, BF16 (tinyBLAS and ggml_vec_dot_f32/_f16/_bf16).
 
-Weights are unpacked once per tensor (`QTensor.prepare`) into int8 codes interleaved by groups of
-`R` rows, (n_groups, n_in, R), so that the innermost loop runs over R contiguous rows and vectorizes;
-block scales become float32 (n_groups, n_blocks, R). That takes about 1 byte per weight (twice a
-4-bit file). Index arithmetic in the hot loops is uint64: with signed indices Numba emits a
-negative-index wraparound that stops LLVM from vectorizing.
+Weights are laid out once per tensor (`QTensor.prepare`) interleaved by groups of `R` rows, so that
+the innermost loop runs over R contiguous rows and vectorizes: 4-bit codes two per byte, (n_groups,
+n_in/2, R) (nibbles.py), other codes as int8, (n_groups, n_in, R); block scales and mins keep their
+float16 bits, (n_groups, n_blocks, R). A 4-bit matrix takes its file's size. Index arithmetic in the
+hot loops is uint64: with signed indices Numba emits a negative-index wraparound that stops LLVM
+from vectorizing.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.quant.blocks import BLOCK_TYPES
-from camelid.quant.ggml_math import fma32, round_f16
+from camelid.quant.ggml_math import f16_to_f32, fma32, round_f16
 from camelid.quant.nibbles import acts2, acts4, load2, load4, pack_nibbles
 
 T = GGMLQuantizationType
@@ -102,8 +103,8 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
 
     Weights: q (n_groups * n_in * R) int8 codes, or with `nibbles` p (n_groups * n_in/2 * R) uint8,
     two 4-bit codes per byte (weights 2k, 2k+1 of a row), each minus `off`; d, m: (n_groups *
-    n_blocks * R) float32 scales and mins; aq: (n_tok * n_in) int8 activation codes, ad, as_:
-    (n_tok * n_blocks) float32 scales and Q8_1 sums. Tokens go 4 at a time (each weight code is
+    n_blocks * R) the float16 bits (uint16) of the scales and mins; aq: (n_tok * n_in) int8
+    activation codes, ad, as_: (n_tok * n_blocks) float32 scales and Q8_1 sums. Tokens go 4 at a time (each weight code is
     converted once for 4 tokens), then 1 by 1. The 4 products of a lane and their sums are integers
     below 2^24, exact in float32 in any order.
     """
@@ -135,7 +136,7 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                     for tt in range(U(4)):
                         da = ad[(t0 + tt) * ub + b]
                         for r in range(uR):
-                            dd[tt * uR + r] = d[db + r] * da
+                            dd[tt * uR + r] = f16_to_f32(d[db + r]) * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
                         x00, x01, x02, x03, c0 = acts4(aq, a0 + i, nibbles, off)
@@ -159,7 +160,7 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                         for tt in range(U(4)):
                             sa = as_[(t0 + tt) * ub + b]
                             for r in range(uR):
-                                summs[tt * uR + r] = fma32(m[db + r], sa, summs[tt * uR + r])
+                                summs[tt * uR + r] = fma32(f16_to_f32(m[db + r]), sa, summs[tt * uR + r])
                 for tt in range(U(4)):
                     _lanes8_finish(acc[tt * U(8) * uR:], summs[tt * uR:], has_min, g, uout, t0 + tt, out, uR)
             for t in range(n4, U(n_tok)):
@@ -170,7 +171,7 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                     da = ad[t * ub + b]
                     db = dg + b * uR
                     for r in range(uR):
-                        dd[r] = d[db + r] * da
+                        dd[r] = f16_to_f32(d[db + r]) * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
                         x0, x1, x2, x3, corr = acts4(aq, at + i, nibbles, off)
@@ -184,7 +185,7 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                     if has_min:
                         sa = as_[t * ub + b]
                         for r in range(uR):
-                            summs[r] = fma32(m[db + r], sa, summs[r])
+                            summs[r] = fma32(f16_to_f32(m[db + r]), sa, summs[r])
                 _lanes8_finish(acc, summs, has_min, g, uout, t, out, uR)
 
 
@@ -244,7 +245,7 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
                         da = ad[(t0 + tt) * ub + b]
                         cb = _block_correction(aq, a0 + tt * uin + b * U(32), nibbles, off)
                         for r in range(uR):
-                            acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, d[db + r] * da, acc[tt * uR + r])
+                            acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, f16_to_f32(d[db + r]) * da, acc[tt * uR + r])
                 for tt in range(U(4)):
                     for r in range(uR):
                         row = g * uR + r
@@ -266,7 +267,7 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
                             isum[r] = fma32(v, a1, fma32(w, a0, isum[r]))
                     cb = _block_correction(aq, at + b * U(32), nibbles, off)
                     for r in range(uR):
-                        acc[r] = fma32(isum[r] - cb, d[db + r] * da, acc[r])
+                        acc[r] = fma32(isum[r] - cb, f16_to_f32(d[db + r]) * da, acc[r])
                 for r in range(uR):
                     row = g * uR + r
                     if row < uout:
@@ -315,9 +316,9 @@ class PackedQ32:
         self.off = np.float32(8.0 if t == T.Q4_0 else 0.0)
         self.q = np.empty(0 if self.nibbles else n_groups * n_in * R, np.int8)
         self.p = np.empty(n_groups * n_in // 2 * R if self.nibbles else 0, np.uint8)
-        self.d = np.empty(n_groups * n_blocks * R, np.float32)
+        self.d = np.empty(n_groups * n_blocks * R, np.uint16)
         self.has_min = t in (T.Q4_1, T.Q5_1)
-        self.m = np.empty(n_groups * n_blocks * R if self.has_min else 0, np.float32)
+        self.m = np.empty(n_groups * n_blocks * R if self.has_min else 0, np.uint16)
         step = max(R, PACK_ROWS // R * R)
         for r0 in range(0, n_out, step):
             r1 = min(n_out, r0 + step)
@@ -329,9 +330,9 @@ class PackedQ32:
                 self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = _interleave(packed, g1 - g0)
             else:
                 self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes, g1 - g0)
-            self.d[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["d"].astype(np.float32).reshape(r1 - r0, n_blocks), g1 - g0)
+            self.d[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
             if self.has_min:
-                self.m[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["m"].astype(np.float32).reshape(r1 - r0, n_blocks), g1 - g0)
+                self.m[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
         self.t = t
         self.n_out, self.n_in = n_out, n_in
         self.lanes = 1 if repacked_q4_0 else 8
