@@ -119,6 +119,7 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
     for c in prange(n_chunks):
         acc = np.zeros(4 * 8 * R, np.float32)  # (token, lane, row)
         dd = np.zeros(4 * R, np.float32)  # (token, row)
+        dw = np.zeros(R, np.float32)  # the block's weight scales, widened once for 4 tokens
         summs = np.zeros(4 * R, np.float32)
         for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
             qg = g * uin * uR
@@ -133,10 +134,12 @@ def _mm_q32_lanes8(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, 
                 a3 = a2 + uin
                 for b in range(ub):
                     db = dg + b * uR
+                    for r in range(uR):
+                        dw[r] = f16_to_f32(d[db + r])
                     for tt in range(U(4)):
                         da = ad[(t0 + tt) * ub + b]
                         for r in range(uR):
-                            dd[tt * uR + r] = f16_to_f32(d[db + r]) * da
+                            dd[tt * uR + r] = dw[r] * da
                     for j in range(U(8)):
                         i = b * U(32) + U(4) * j
                         x00, x01, x02, x03, c0 = acts4(aq, a0 + i, nibbles, off)
@@ -218,6 +221,7 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
     for c in prange(n_chunks):
         acc = np.zeros(4 * R, np.float32)
         isum = np.zeros(4 * R, np.float32)
+        dw = np.zeros(R, np.float32)  # the block's weight scales, widened once for 4 tokens
         for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
             qg = g * uin * uR
             pg = g * (uin // U(2)) * uR
@@ -241,11 +245,13 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
                             isum[U(2) * uR + r] = fma32(v, y2, fma32(w, x2, isum[U(2) * uR + r]))
                             isum[U(3) * uR + r] = fma32(v, y3, fma32(w, x3, isum[U(3) * uR + r]))
                     db = dg + b * uR
+                    for r in range(uR):
+                        dw[r] = f16_to_f32(d[db + r])
                     for tt in range(U(4)):
                         da = ad[(t0 + tt) * ub + b]
                         cb = _block_correction(aq, a0 + tt * uin + b * U(32), nibbles, off)
                         for r in range(uR):
-                            acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, f16_to_f32(d[db + r]) * da, acc[tt * uR + r])
+                            acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, dw[r] * da, acc[tt * uR + r])
                 for tt in range(U(4)):
                     for r in range(uR):
                         row = g * uR + r
