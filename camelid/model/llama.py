@@ -98,13 +98,6 @@ class LlamaModel:
             raise CamelidError(f"tensor {name} has shape {info.shape}, expected {shape} from the metadata; the file is inconsistent.")
         return info
 
-    def matrices(self) -> list[QTensor]:
-        """Every weight matrix, each once (the tied output shares token_embd)."""
-        mats = [self.token_embd] if self.output is self.token_embd else [self.token_embd, self.output]
-        for b in self.blocks:
-            mats += [b.attn_q, b.attn_k, b.attn_v, b.attn_output, b.ffn_gate, b.ffn_up, b.ffn_down]
-        return mats
-
     def _products(self) -> list[QTensor | StackedMatrices]:
         """What forward() multiplies by: each layer's stacked q/k/v and gate/up, and the rest."""
         mats = [self.token_embd] if self.output is self.token_embd else [self.token_embd, self.output]
@@ -113,7 +106,7 @@ class LlamaModel:
         return mats
 
     def _prepare_weights(self, show_progress: bool) -> None:
-        """Unpack each weight matrix once for its kernel (the first run also compiles the kernels)."""
+        """Lay out each weight matrix once for its kernel (the first run also compiles the kernels)."""
         mats = self._products()
         desc = "preparing weights" if kernels_compiled() else "compiling kernels (first run only)"
         for m in tqdm(mats, desc=desc, unit="tensor", disable=None if show_progress else True, leave=False):
