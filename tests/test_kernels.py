@@ -98,20 +98,40 @@ def test_every_supported_type_has_an_exact_kernel():
         assert registered_kernel(t) is not None, t.name
 
 
+@pytest.fixture(params=["vnni", "portable"])
+def block32_path(request, monkeypatch):
+    """Both 32-weight-block kernels: VNNI integer dot products (where the CPU has them) and float32."""
+    from camelid.quant import simd
+
+    if request.param == "vnni" and not simd.HAS_VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(simd, "HAS_VNNI", request.param == "vnni")
+    return request.param
+
+
 @pytest.mark.parametrize("n_tok", TOKENS)
 @pytest.mark.parametrize("t", [T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
-def test_block32_types_match_ggml(ggml, t, n_tok):
+def test_block32_types_match_ggml(ggml, block32_path, t, n_tok):
     # vec_dot for one token, llamafile's tinyBLAS_Q0 (Q5_0, Q8_0) or vec_dot (Q4_1, Q5_1) for more
     check(ggml, t, 72, 512, n_tok, "blk.0.ffn_up.weight", False, 10 * int(t) + n_tok)
 
 
 @pytest.mark.parametrize("n_tok", TOKENS)
-def test_q4_0_matches_ggml_repacked_and_plain(ggml, n_tok):
+def test_q4_0_matches_ggml_repacked_and_plain(ggml, block32_path, n_tok):
     # llama.cpp repacks Q4_0 matrices with a multiple of 8 rows (q4_0_8x8 gemv/gemm), except the
     # token embedding, which a tied output matrix then reads with the plain vec_dot / tinyBLAS order
     check(ggml, T.Q4_0, 72, 512, n_tok, "blk.0.ffn_up.weight", True, 100 + n_tok)
     check(ggml, T.Q4_0, 72, 512, n_tok, "token_embd.weight", False, 200 + n_tok)
     check(ggml, T.Q4_0, 44, 512, n_tok, "blk.0.ffn_up.weight", False, 300 + n_tok)
+
+
+@pytest.mark.parametrize("n_tok", [1, 6])
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0], ids=lambda t: t.name)
+def test_block32_small_and_ragged_shapes_match_ggml(ggml, block32_path, t, n_tok):
+    # fewer rows than one 16-row group, a partial last group, and an odd number of blocks
+    for i, (n_out, n_in) in enumerate([(8, 96), (40, 32), (5, 160)]):
+        repack = t == T.Q4_0 and n_out % 8 == 0
+        check(ggml, t, n_out, n_in, n_tok, "blk.0.attn_q.weight", repack, 400 + 10 * i + n_tok)
 
 
 @pytest.mark.parametrize("n_tok", TOKENS)

@@ -35,6 +35,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
+from camelid.quant import simd
 from camelid.quant.blocks import BLOCK_TYPES
 from camelid.quant.ggml_math import f16_to_f32, fma32, round_f16
 from camelid.quant.nibbles import acts2, acts4, load2, load4, pack_nibbles
@@ -372,8 +373,19 @@ def _repacked_by_llama_cpp(w) -> bool:
     return w.ggml_type in (T.Q4_0, T.Q4_K) and w.shape[0] % 8 == 0 and w.name != "token_embd.weight"
 
 
+_CODE_OFFSET = {T.Q4_0: 8, T.Q4_1: 0, T.Q5_0: 16, T.Q5_1: 0, T.Q8_0: 128}  # makes every code unsigned
+
+
 def _build_q32(w):
-    return PackedQ32(w.raw, w.ggml_type, w.shape[0], w.shape[1], _repacked_by_llama_cpp(w))
+    t = w.ggml_type
+    if not simd.HAS_VNNI:
+        return PackedQ32(w.raw, t, w.shape[0], w.shape[1], _repacked_by_llama_cpp(w))
+    from camelid.quant.kernels_vnni import PackedQ32Vnni
+
+    off = _CODE_OFFSET[t]
+    return PackedQ32Vnni(w.raw, t, w.shape[0], w.shape[1], _repacked_by_llama_cpp(w),
+                         lambda recs: _codes_q32(recs, t).view(np.uint8) + np.uint8(off), off,
+                         t in _NIBBLE_TYPES, t in (T.Q4_1, T.Q5_1), _quantize_q8)
 
 
 def _build_k(w):

@@ -1,0 +1,213 @@
+"""AVX-512 vectors as Numba values, for the integer dot-product kernels (kernels_vnni.py).
+
+Numba vectorizes loops by itself, but it cannot emit `vpdpbusd`, the AVX-512 VNNI instruction that
+llama.cpp's quantized dot products are built on: 64 products of an unsigned byte with a signed byte,
+summed by 4 into 16 int32 lanes. This module adds two Numba types whose values are LLVM vector
+registers, `I32x16` (<16 x i32>, also 64 bytes) and `F32x16` (<16 x float>), and the few
+operations the kernels need, each a line of LLVM IR. Loads and stores take an array and an element
+offset and do no bounds checking.
+
+`HAS_VNNI` says whether this CPU has the instructions; nothing here may run where it is False (LLVM
+would fail to compile the kernels).
+"""
+
+from __future__ import annotations
+
+import os
+
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+
+def _host_has_vnni() -> bool:
+    if os.environ.get("CAMELID_NO_VNNI"):
+        return False
+    features = llvm_binding.get_host_cpu_features()
+    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni", "f16c"))
+
+
+HAS_VNNI = _host_has_vnni()
+
+_I8 = ir.IntType(8)
+_I16 = ir.IntType(16)
+_I32 = ir.IntType(32)
+_F32 = ir.FloatType()
+_V_I32 = ir.VectorType(_I32, 16)
+_V_F32 = ir.VectorType(_F32, 16)
+_V_I8 = ir.VectorType(_I8, 64)
+_V_F16 = ir.VectorType(ir.HalfType(), 16)
+
+
+_LLVM_TYPES = {"I32x16": _V_I32, "F32x16": _V_F32}
+
+
+class _Vector(types.Type):
+    """A 512-bit vector value; `name` picks its LLVM type (names only, so that Numba's cache pickles it)."""
+
+    def __init__(self, name: str):
+        super().__init__(name=name)
+
+
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _LLVM_TYPES[fe_type.name])
+
+
+I32x16 = _Vector("I32x16")
+F32x16 = _Vector("F32x16")
+register_model(_Vector)(_VectorModel)
+
+
+def _address(context, builder, array_type, array, offset_type, offset, pointee):
+    """A `pointee*` to element `offset` of a contiguous array."""
+    data = context.make_array(array_type)(context, builder, array).data
+    index = context.cast(builder, offset, offset_type, types.intp)
+    return builder.bitcast(builder.gep(data, [index]), pointee.as_pointer())
+
+
+# ---------------------------------------------------------------------------- int32 lanes
+
+@intrinsic
+def load_bytes(typingctx, array, offset):
+    """The 64 bytes of a uint8/int8 array from element `offset`, as I32x16."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
+        return builder.load(ptr, align=1)
+
+    return I32x16(array, offset), codegen
+
+
+@intrinsic
+def broadcast_bytes4(typingctx, array, offset):
+    """Bytes offset..offset+3 of a uint8/int8 array, repeated in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _I32)
+        word = builder.load(ptr, align=1)
+        return builder.shuffle_vector(builder.insert_element(ir.Constant(_V_I32, None), word, ir.Constant(_I32, 0)),
+                                      ir.Constant(_V_I32, None), ir.Constant(_V_I32, [0] * 16))
+
+    return I32x16(array, offset), codegen
+
+
+@intrinsic
+def broadcast_i32(typingctx, value):
+    """An int32 scalar in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int32)
+        return builder.shuffle_vector(builder.insert_element(ir.Constant(_V_I32, None), v, ir.Constant(_I32, 0)),
+                                      ir.Constant(_V_I32, None), ir.Constant(_V_I32, [0] * 16))
+
+    return I32x16(value), codegen
+
+
+@intrinsic
+def dot_bytes(typingctx, acc, unsigned_bytes, signed_bytes):
+    """`vpdpbusd`: lane i of acc plus the 4 products of bytes 4i..4i+3, unsigned times signed."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8)])
+
+    return I32x16(I32x16, I32x16, I32x16), codegen
+
+
+def _nibbles(shift: int):
+    @intrinsic
+    def nibbles(typingctx, v):
+        def codegen(context, builder, sig, args):
+            x = args[0]
+            if shift:
+                x = builder.lshr(x, ir.Constant(_V_I32, [shift] * 16))
+            return builder.and_(x, ir.Constant(_V_I32, [0x0F0F0F0F] * 16))
+
+        return I32x16(I32x16), codegen
+
+    return nibbles
+
+
+low_nibbles = _nibbles(0)
+low_nibbles.__doc__ = "The low 4 bits of every byte."
+high_nibbles = _nibbles(4)
+high_nibbles.__doc__ = "The high 4 bits of every byte, moved down."
+
+
+@intrinsic
+def to_f32(typingctx, v):
+    """The 16 int32 lanes converted to float32 (exact below 2^24)."""
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _V_F32)
+
+    return F32x16(I32x16), codegen
+
+
+# ---------------------------------------------------------------------------- float32 lanes
+
+@intrinsic
+def zeros_f32(typingctx):
+    """16 float32 zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V_F32, [0.0] * 16)
+
+    return F32x16(), codegen
+
+
+@intrinsic
+def broadcast_f32(typingctx, value):
+    """A float32 scalar in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.float32)
+        return builder.shuffle_vector(builder.insert_element(ir.Constant(_V_F32, None), v, ir.Constant(_I32, 0)),
+                                      ir.Constant(_V_F32, None), ir.Constant(_V_I32, [0] * 16))
+
+    return F32x16(value), codegen
+
+
+@intrinsic
+def load_f16(typingctx, array, offset):
+    """16 float16 values (a uint16 array's bits, from element `offset`) widened to float32 exactly."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_F16)
+        return builder.fpext(builder.load(ptr, align=2), _V_F32)
+
+    return F32x16(array, offset), codegen
+
+
+@intrinsic
+def store_f32(typingctx, array, offset, v):
+    """Write 16 float32 lanes to a float32 array from element `offset`."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_F32)
+        builder.store(args[2], ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.none(array, offset, F32x16), codegen
+
+
+def _binary(op: str):
+    @intrinsic
+    def binary(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return F32x16(F32x16, F32x16), codegen
+
+    return binary
+
+
+add = _binary("fadd")
+add.__doc__ = "Lane-wise a + b, rounded once."
+mul = _binary("fmul")
+mul.__doc__ = "Lane-wise a * b, rounded once."
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """Lane-wise a * b + c with one rounding."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_F32, [_V_F32] * 3), "llvm.fma.v16f32")
+        return builder.call(fn, args)
+
+    return F32x16(F32x16, F32x16, F32x16), codegen
