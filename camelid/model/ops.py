@@ -20,12 +20,26 @@ U = np.uint64
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x (n, d) float32 -> x / sqrt(mean(x^2) + eps) * weight, rounded where ggml rounds.
 
-    ggml squares in float32, sums in float64, and takes the mean, the square root and the scale in
-    float32; matching it bit for bit matters because the next matmul quantizes this output to int8.
+    ggml squares in float32, sums in float64 in order, and takes the mean, the square root and the
+    scale in float32; matching it bit for bit matters because the next matmul quantizes this output
+    to int8.
     """
-    mean_sq = ((x * x).sum(axis=-1, dtype=np.float64) / x.shape[-1]).astype(np.float32)  # (n,)
-    scale = np.float32(1.0) / np.sqrt(mean_sq + np.float32(eps))
-    return (x * scale[:, None]) * weight
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _rms_norm(x, weight, np.float32(eps), out)
+    return out
+
+
+@njit(cache=True, boundscheck=False)
+def _rms_norm(x, weight, eps, out):
+    n, d = x.shape
+    for t in range(n):
+        total = 0.0
+        for i in range(d):
+            total += np.float64(x[t, i] * x[t, i])
+        scale = np.float32(1.0) / np.sqrt(np.float32(total / d) + eps)
+        for i in range(d):
+            out[t, i] = (x[t, i] * scale) * weight[i]
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:

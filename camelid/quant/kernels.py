@@ -385,7 +385,7 @@ def _build_q32(w):
     off = _CODE_OFFSET[t]
     return PackedQ32Vnni(w.raw, t, w.shape[0], w.shape[1], _repacked_by_llama_cpp(w),
                          lambda recs: _codes_q32(recs, t).view(np.uint8) + np.uint8(off), off,
-                         t in _NIBBLE_TYPES, t in (T.Q4_1, T.Q5_1), _quantize_q8)
+                         t in _NIBBLE_TYPES, t in (T.Q4_1, T.Q5_1))
 
 
 def _build_k(w):

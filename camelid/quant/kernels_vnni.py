@@ -31,6 +31,7 @@ from numba import njit, prange
 
 from camelid.quant import simd as v
 from camelid.quant.blocks import BLOCK_TYPES
+from camelid.quant.kernels import _quantize_q8
 
 U = np.uint64
 ROWS = 16  # rows per group: one int32 lane each
@@ -213,7 +214,7 @@ class PackedQ32Vnni:
     """A 32-weight-block matrix laid out for the VNNI kernels (see the module docstring)."""
 
     def __init__(self, raw: np.ndarray, t, n_out: int, n_in: int, repacked_q4_0: bool, codes_u8, off: int,
-                 nibbles: bool, has_min: bool, quantize_q8):
+                 nibbles: bool, has_min: bool):
         bt = BLOCK_TYPES[t]
         n_blocks = n_in // 32
         self.n_groups = n_groups = (n_out + ROWS - 1) // ROWS
@@ -234,23 +235,27 @@ class PackedQ32Vnni:
         self.n_out, self.n_in = n_out, n_in
         self.lanes = 1 if repacked_q4_0 else 8
         self.copies_weights = True
-        self._quantize_q8 = quantize_q8
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        n_tok = x.shape[0]
-        nb = self.n_in // 32
-        out = np.empty((n_tok, self.n_out), np.float32)
-        aq = np.empty(n_tok * self.n_in, np.int8)
-        ad = np.empty(n_tok * nb, np.float32)
-        s = np.empty(n_tok * nb if self.has_min else 0, np.float32)
-        self._quantize_q8(x, self.has_min, aq, ad, s)
-        sums4 = np.empty(n_tok * self.n_in // 4, np.int32)
-        sums32 = np.empty(n_tok * nb, np.int32)
-        _activation_sums(aq, n_tok, self.n_in, self.off, sums4, sums32)
-        chunks = _n_chunks(self.n_groups)
-        if self.lanes == 1:
-            _mm_lanes1(self.w, self.d, aq, ad, sums32, self.n_out, self.n_in, n_tok, out.reshape(-1), chunks)
-        else:
-            _mm_lanes8(self.w, self.nibbles, self.d, self.m, self.has_min, aq, ad, s, sums4, self.n_out, self.n_in,
-                       n_tok, out.reshape(-1), chunks)
+        out = np.empty((x.shape[0], self.n_out), np.float32)
+        _matmul(self.w, self.nibbles, self.off, self.d, self.m, self.has_min, self.lanes == 1, x, self.n_out,
+                out.reshape(-1), _n_chunks(self.n_groups))
         return out
+
+
+@njit(cache=True, boundscheck=False)
+def _matmul(w, nibbles, off, d, m, has_min, lanes1, x, n_out, out, n_chunks):
+    """Quantize the activations x (n_tok, n_in) as llama.cpp does, then run the kernel: one call from Python."""
+    n_tok, n_in = x.shape
+    nb = n_in // 32
+    aq = np.empty(n_tok * n_in, np.int8)
+    ad = np.empty(n_tok * nb, np.float32)
+    s = np.empty(n_tok * nb if has_min else 0, np.float32)
+    _quantize_q8(x, has_min, aq, ad, s)
+    sums4 = np.empty(n_tok * n_in // 4, np.int32)
+    sums32 = np.empty(n_tok * nb, np.int32)
+    _activation_sums(aq, n_tok, n_in, off, sums4, sums32)
+    if lanes1:
+        _mm_lanes1(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks)
+    else:
+        _mm_lanes8(w, nibbles, d, m, has_min, aq, ad, s, sums4, n_out, n_in, n_tok, out, n_chunks)
