@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from camelid.quant import simd
 from camelid.quant.ggml_math import f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
 
 U = np.uint64
@@ -55,15 +56,20 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, boundscheck=False)
+@njit(cache=True, parallel=True, boundscheck=False)
 def _swiglu(g, u, out):
     n, m = g.shape
-    m16 = m - m % 16
-    for r in range(n):
-        for i in range(m16):
-            out[r, i] = v_silu(g[r, i]) * u[r, i]
-        for i in range(m16, m):
-            out[r, i] = silu_f32(g[r, i]) * u[r, i]
+    m16 = U(m - m % 16)
+    um = U(m)
+    gf = g.reshape(-1)
+    uf = u.reshape(-1)
+    of = out.reshape(-1)
+    for r in prange(n):
+        o = U(r) * um
+        for i in range(o, o + m16):
+            of[i] = v_silu(gf[i]) * uf[i]
+        for i in range(o + m16, o + um):
+            of[i] = silu_f32(gf[i]) * uf[i]
 
 
 class Rope:
@@ -178,22 +184,25 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16) flat, so that the
     # scores of consecutive positions come out of vector operations; values (n_kv, T, d)
     t16 = (t + 15) // 16 * 16
-    kt = np.empty(n_kv * d * t16, np.float32)
-    v32 = np.empty((n_kv, t, d), np.float32)
+    kt = simd.aligned_empty(n_kv * d * (t16 + 16), np.float32)  # rows 16 apart from a power of two: no cache-set conflicts
+    v32 = simd.aligned_empty((n_kv, t16, d), np.float32)  # positions padded with zeros to t16
+    v32[:, t:] = 0
     _widen_kv(k16, v16, kt, v32)
-    kq_tiny = n >= 2 and d % 16 == 0
-    kqv_tiny = n >= 2 and d % 4 == 0
-    _attention(q16, kt, v32, start, scale, kq_tiny, kqv_tiny, out)
+    if n >= 2 and d % 16 == 0:
+        _attention_tiled(q16, kt, v32, start, scale, out)
+    else:
+        _attention(q16, kt, v32, start, scale, n >= 2 and d % 16 == 0, n >= 2 and d % 4 == 0, out)
     return out
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _widen_kv(k16, v16, kt, v32):
-    """float16 bits -> float32: values as they are (n_kv, T, d), keys transposed to flat
+    """float16 bits -> float32: values as they are (n_kv, T, d) into v32 (n_kv, >= T, d), keys transposed to flat
     (n_kv, d, T16) through a tile of 16 positions (read by rows, written by columns)."""
     t_len, n_kv, d = k16.shape
+    t_alloc = v32.shape[1]
     ud = U(d)
-    t16 = U((t_len + 15) // 16 * 16)
+    ks = U(len(kt) // (n_kv * d))  # kt's row stride
     kflat = k16.reshape(-1)
     vflat = v16.reshape(-1)
     v32flat = v32.reshape(-1)
@@ -202,7 +211,7 @@ def _widen_kv(k16, v16, kt, v32):
         uh = U(hk)
         for t in range(U(t_len)):
             oi = (t * U(n_kv) + uh) * ud
-            oo = (uh * U(t_len) + t) * ud
+            oo = (uh * U(t_alloc) + t) * ud
             for c in range(ud):
                 v32flat[oo + c] = f16_to_f32(vflat[oi + c])
         for t0 in range(U(0), U(t_len), U(16)):
@@ -212,7 +221,7 @@ def _widen_kv(k16, v16, kt, v32):
                 for c in range(ud):
                     tile[tt * ud + c] = f16_to_f32(kflat[oi + c])
             for c in range(ud):
-                ok = (uh * ud + c) * t16 + t0
+                ok = (uh * ud + c) * ks + t0
                 for tt in range(nb):
                     kt[ok + tt] = tile[tt * ud + c]
 
@@ -225,7 +234,7 @@ def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
     n_kv, t_len, _ = v32.shape
     group = n_head // n_kv
     ud = U(d)
-    t16 = U((t_len + 15) // 16 * 16)
+    ks = U(len(kt) // (n_kv * d))  # kt's row stride
     n_lanes = U(16) if kq_tiny else U(64)
     n64 = U(d) if kq_tiny else U(d - d % 64)  # vec_dot_f16 adds the last d % 64 products in float64
     for job in prange(n_head * n):
@@ -244,7 +253,7 @@ def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
             for c in range(n64):
                 qc = q[i, h, c]
                 o = (c % n_lanes) * U(64)
-                ok = (U(hk) * ud + c) * t16 + t0
+                ok = (U(hk) * ud + c) * ks + t0
                 for tt in range(nb):
                     blk[o + tt] = fma32(kt[ok + tt], qc, blk[o + tt])
             if not kq_tiny:  # 4 registers of 16 lanes: (s0 + s2) + (s1 + s3)
@@ -267,7 +276,7 @@ def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
                     tail[tt] = np.float64(w[t0 + tt])
                 for c in range(n64, ud):
                     qc = q[i, h, c]
-                    ok = (U(hk) * ud + c) * t16 + t0
+                    ok = (U(hk) * ud + c) * ks + t0
                     for tt in range(nb):
                         tail[tt] += np.float64(kt[ok + tt] * qc)
                 for tt in range(nb):
@@ -313,3 +322,104 @@ def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
             b6 = acc[U(6) * ud + c] + acc[U(14) * ud + c]
             b7 = acc[U(7) * ud + c] + acc[U(15) * ud + c]
             out[i, U(o) + c] = ((b0 + b4) + (b2 + b6)) + ((b1 + b5) + (b3 + b7))
+
+
+@njit(cache=True, inline="always")
+def _sum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    """_mm512_reduce_add_ps of lanes a0..a15, for 16 sums at once (one per vector lane)."""
+    c0 = simd.add(simd.add(a0, a8), simd.add(a4, a12))
+    c1 = simd.add(simd.add(a1, a9), simd.add(a5, a13))
+    c2 = simd.add(simd.add(a2, a10), simd.add(a6, a14))
+    c3 = simd.add(simd.add(a3, a11), simd.add(a7, a15))
+    return simd.add(simd.add(c0, c2), simd.add(c1, c3))
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _attention_tiled(q, kt, v32, start, scale, out):
+    """`_attention` for n >= 2 tokens and a head size that is a multiple of 16 (tinyBLAS on both
+    products): 16 positions (scores) or 16 outputs (values) per vector, the 16 lanes of
+    tinyBLAS in 16 registers, reduced in _mm512_reduce_add_ps's order. v32 (n_kv, T16, d) has zero
+    padding rows; the masked positions have weight 0."""
+    n, n_head, d = q.shape
+    n_kv, t16, _ = v32.shape
+    group = n_head // n_kv
+    ud = U(d)
+    ut16 = U(t16)
+    uks = U(len(kt) // (n_kv * d))  # kt's row stride
+    vflat = v32.reshape(-1)
+    oflat = out.reshape(-1)
+    for job in prange(n_head * n):
+        h = job // n
+        i = job % n
+        hk = U(h // group)
+        n_vis = start + i + 1
+        n_pad = (n_vis + 15) // 16 * 16
+        w = np.empty(n_pad, np.float32)
+        kh = hk * ud * uks
+        for t0 in range(U(0), U(n_pad), U(16)):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros_f32()
+            a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = simd.zeros_f32()
+            for c in range(U(0), ud, U(16)):
+                o = kh + c * uks + t0
+                a0 = simd.fma(simd.load_f32(kt, o), simd.broadcast_f32(q[i, h, c]), a0)
+                a1 = simd.fma(simd.load_f32(kt, o + uks), simd.broadcast_f32(q[i, h, c + U(1)]), a1)
+                a2 = simd.fma(simd.load_f32(kt, o + U(2) * uks), simd.broadcast_f32(q[i, h, c + U(2)]), a2)
+                a3 = simd.fma(simd.load_f32(kt, o + U(3) * uks), simd.broadcast_f32(q[i, h, c + U(3)]), a3)
+                a4 = simd.fma(simd.load_f32(kt, o + U(4) * uks), simd.broadcast_f32(q[i, h, c + U(4)]), a4)
+                a5 = simd.fma(simd.load_f32(kt, o + U(5) * uks), simd.broadcast_f32(q[i, h, c + U(5)]), a5)
+                a6 = simd.fma(simd.load_f32(kt, o + U(6) * uks), simd.broadcast_f32(q[i, h, c + U(6)]), a6)
+                a7 = simd.fma(simd.load_f32(kt, o + U(7) * uks), simd.broadcast_f32(q[i, h, c + U(7)]), a7)
+                a8 = simd.fma(simd.load_f32(kt, o + U(8) * uks), simd.broadcast_f32(q[i, h, c + U(8)]), a8)
+                a9 = simd.fma(simd.load_f32(kt, o + U(9) * uks), simd.broadcast_f32(q[i, h, c + U(9)]), a9)
+                a10 = simd.fma(simd.load_f32(kt, o + U(10) * uks), simd.broadcast_f32(q[i, h, c + U(10)]), a10)
+                a11 = simd.fma(simd.load_f32(kt, o + U(11) * uks), simd.broadcast_f32(q[i, h, c + U(11)]), a11)
+                a12 = simd.fma(simd.load_f32(kt, o + U(12) * uks), simd.broadcast_f32(q[i, h, c + U(12)]), a12)
+                a13 = simd.fma(simd.load_f32(kt, o + U(13) * uks), simd.broadcast_f32(q[i, h, c + U(13)]), a13)
+                a14 = simd.fma(simd.load_f32(kt, o + U(14) * uks), simd.broadcast_f32(q[i, h, c + U(14)]), a14)
+                a15 = simd.fma(simd.load_f32(kt, o + U(15) * uks), simd.broadcast_f32(q[i, h, c + U(15)]), a15)
+            simd.store_f32(w, t0, _sum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15))
+        _softmax(w, n_vis, scale)
+        ov = hk * ut16 * ud
+        oo = U(i * n_head * d + h * d)
+        for c in range(U(0), ud, U(16)):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros_f32()
+            a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = simd.zeros_f32()
+            for t0 in range(U(0), U(n_pad), U(16)):
+                o = ov + t0 * ud + c
+                a0 = simd.fma(simd.broadcast_f32(w[t0]), simd.load_f32(vflat, o), a0)
+                a1 = simd.fma(simd.broadcast_f32(w[t0 + U(1)]), simd.load_f32(vflat, o + ud), a1)
+                a2 = simd.fma(simd.broadcast_f32(w[t0 + U(2)]), simd.load_f32(vflat, o + U(2) * ud), a2)
+                a3 = simd.fma(simd.broadcast_f32(w[t0 + U(3)]), simd.load_f32(vflat, o + U(3) * ud), a3)
+                a4 = simd.fma(simd.broadcast_f32(w[t0 + U(4)]), simd.load_f32(vflat, o + U(4) * ud), a4)
+                a5 = simd.fma(simd.broadcast_f32(w[t0 + U(5)]), simd.load_f32(vflat, o + U(5) * ud), a5)
+                a6 = simd.fma(simd.broadcast_f32(w[t0 + U(6)]), simd.load_f32(vflat, o + U(6) * ud), a6)
+                a7 = simd.fma(simd.broadcast_f32(w[t0 + U(7)]), simd.load_f32(vflat, o + U(7) * ud), a7)
+                a8 = simd.fma(simd.broadcast_f32(w[t0 + U(8)]), simd.load_f32(vflat, o + U(8) * ud), a8)
+                a9 = simd.fma(simd.broadcast_f32(w[t0 + U(9)]), simd.load_f32(vflat, o + U(9) * ud), a9)
+                a10 = simd.fma(simd.broadcast_f32(w[t0 + U(10)]), simd.load_f32(vflat, o + U(10) * ud), a10)
+                a11 = simd.fma(simd.broadcast_f32(w[t0 + U(11)]), simd.load_f32(vflat, o + U(11) * ud), a11)
+                a12 = simd.fma(simd.broadcast_f32(w[t0 + U(12)]), simd.load_f32(vflat, o + U(12) * ud), a12)
+                a13 = simd.fma(simd.broadcast_f32(w[t0 + U(13)]), simd.load_f32(vflat, o + U(13) * ud), a13)
+                a14 = simd.fma(simd.broadcast_f32(w[t0 + U(14)]), simd.load_f32(vflat, o + U(14) * ud), a14)
+                a15 = simd.fma(simd.broadcast_f32(w[t0 + U(15)]), simd.load_f32(vflat, o + U(15) * ud), a15)
+            simd.store_f32(oflat, oo + c, _sum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15))
+
+
+@njit(cache=True, inline="always")
+def _softmax(w, n_vis, scale):
+    """w[:n_pad] scores -> float16-rounded softmax weights of the first n_vis, 0 for the rest, as
+    ggml_soft_max (ggml_vec_max_f32, ggml_v_expf, a float64 sum of 16-lane sums)."""
+    n_pad = len(w)
+    for t in range(n_pad):
+        w[t] = w[t] * scale if t < n_vis else -np.inf
+    mx = -np.inf
+    for t in range(n_vis):
+        mx = max(mx, w[t])
+    for t in range(n_pad):
+        w[t] = v_expf(w[t] - mx)
+    total = 0.0
+    for b in range(0, n_pad, 16):
+        total += np.float64(hsum16(w, b))
+    inv = np.float32(1.0 / total)
+    for t in range(n_pad):
+        w[t] = round_f16(w[t] * inv)

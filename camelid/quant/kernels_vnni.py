@@ -220,9 +220,9 @@ class PackedQ32Vnni:
         self.n_groups = n_groups = (n_out + ROWS - 1) // ROWS
         self.nibbles, self.off, self.has_min = nibbles, np.int32(off), has_min
         group_bytes = n_in // 2 * ROWS if nibbles else n_in * ROWS
-        self.w = np.empty(n_groups * group_bytes, np.uint8)
-        self.d = np.empty(n_groups * n_blocks * ROWS, np.uint16)
-        self.m = np.empty(n_groups * n_blocks * ROWS if has_min else 0, np.uint16)
+        self.w = v.aligned_empty(n_groups * group_bytes, np.uint8)
+        self.d = v.aligned_empty(n_groups * n_blocks * ROWS, np.uint16)
+        self.m = v.aligned_empty(n_groups * n_blocks * ROWS if has_min else 0, np.uint16)
         step = PACK_ROWS
         for r0 in range(0, n_out, step):
             r1 = min(n_out, r0 + step)

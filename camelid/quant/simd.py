@@ -7,19 +7,31 @@ registers, `I32x16` (<16 x i32>, also 64 bytes) and `F32x16` (<16 x float>), and
 operations the kernels need, each a line of LLVM IR. Loads and stores take an array and an element
 offset and do no bounds checking.
 
-`HAS_VNNI` says whether this CPU has the instructions; nothing here may run where it is False (LLVM
-would fail to compile the kernels).
+The float32 operations are plain LLVM vector operations, which compile for any x86-64 CPU (as two
+256-bit halves without AVX-512). `dot_bytes` is the one VNNI instruction: `HAS_VNNI` says whether
+this CPU has it, and no code that uses it may run where it is False (LLVM would fail to compile it).
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """np.empty, starting on a 64-byte boundary, so that no vector load straddles two cache lines
+    (large NumPy arrays start 16 bytes into a page)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip:skip + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def _host_has_vnni() -> bool:
@@ -163,6 +175,16 @@ def broadcast_f32(typingctx, value):
                                       ir.Constant(_V_F32, None), ir.Constant(_V_I32, [0] * 16))
 
     return F32x16(value), codegen
+
+
+@intrinsic
+def load_f32(typingctx, array, offset):
+    """16 float32 values of a float32 array from element `offset`."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_F32)
+        return builder.load(ptr, align=4)
+
+    return F32x16(array, offset), codegen
 
 
 @intrinsic
