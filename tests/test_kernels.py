@@ -205,7 +205,7 @@ def test_swiglu_matches_ggml(ggml):
     gate = rng.standard_normal((5, 1544)).astype(np.float32) * 4  # 1544 = 96 * 16 + 8: a scalar tail
     up = rng.standard_normal((5, 1544)).astype(np.float32)
     gate[0, :10] = [-100, -90, 90, 100, 0, -0.0, 1e-30, -1e-30, 88, -88]
-    assert np.array_equal(bits(silu_mul(gate, up)), bits(ggml.swiglu(gate, up)))
+    assert np.array_equal(bits(silu_mul(np.concatenate([gate, up], axis=1))), bits(ggml.swiglu(gate, up)))
 
 
 @pytest.mark.parametrize("neox", [False, True])

@@ -154,6 +154,6 @@ class LlamaModel:
             if last_only and layer == c.n_layer - 1:
                 x = x[-1:]  # as llama.cpp: the last feed-forward runs on the output rows only
             h = rms_norm(x, b.ffn_norm, c.rms_eps)
-            x = x + b.ffn_down.matmul(silu_mul(*b.ffn_gate_up.matmul(h)))
+            x = x + b.ffn_down.matmul(silu_mul(b.ffn_gate_up.matmul_joined(h)))
         cache.tokens.extend(int(t) for t in tokens)
         return self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))

@@ -43,33 +43,34 @@ def _rms_norm(x, weight, eps, out):
             out[t, i] = (x[t, i] * scale) * weight[i]
 
 
-def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """SwiGLU's elementwise part: silu(gate) * up, all (n, n_ff) float32, as ggml_vec_swiglu_f32.
+def silu_mul(gate_up: np.ndarray) -> np.ndarray:
+    """SwiGLU's elementwise part: silu(gate) * up, as ggml_vec_swiglu_f32, from gate_up (n, 2 * n_ff)
+    float32 holding gate then up in each row (the stacked gate/up product); returns (n, n_ff).
 
     Each row goes 16 values at a time through ggml_v_silu; a last partial group uses the scalar
     ggml_silu_f32 (glibc's expf).
     """
-    gate = np.ascontiguousarray(gate, dtype=np.float32)
-    up = np.ascontiguousarray(up, dtype=np.float32)
-    out = np.empty_like(gate)
-    _swiglu(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), out.reshape(-1, out.shape[-1]))
+    gate_up = np.ascontiguousarray(gate_up, dtype=np.float32)
+    n, m2 = gate_up.shape
+    out = np.empty((n, m2 // 2), np.float32)
+    _swiglu(gate_up, out)
     return out
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _swiglu(g, u, out):
-    n, m = g.shape
+def _swiglu(gate_up, out):
+    n, m = out.shape
     m16 = U(m - m % 16)
     um = U(m)
-    gf = g.reshape(-1)
-    uf = u.reshape(-1)
+    gu = gate_up.reshape(-1)
     of = out.reshape(-1)
     for r in prange(n):
         o = U(r) * um
-        for i in range(o, o + m16):
-            of[i] = v_silu(gf[i]) * uf[i]
-        for i in range(o + m16, o + um):
-            of[i] = silu_f32(gf[i]) * uf[i]
+        g = U(2) * o  # gate at g, up at g + m
+        for i in range(m16):
+            of[o + i] = v_silu(gu[g + i]) * gu[g + um + i]
+        for i in range(m16, um):
+            of[o + i] = silu_f32(gu[g + i]) * gu[g + um + i]
 
 
 class Rope:
@@ -176,7 +177,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     t, n_kv, _ = k.shape
     if t != start + n or n_head % n_kv:
         raise ValueError(f"attention: {t} cached positions for {n} queries from {start}, {n_head} heads over {n_kv}")
-    q16 = np.ascontiguousarray(q, dtype=np.float32).astype(np.float16).astype(np.float32)
+    q16 = np.empty(q.shape, np.float32)
+    _round_f16_all(np.ascontiguousarray(q, dtype=np.float32).reshape(-1), q16.reshape(-1))
     k16 = np.ascontiguousarray(k, dtype=np.float16).view(np.uint16)  # Numba has no float16: the bits
     v16 = np.ascontiguousarray(v, dtype=np.float16).view(np.uint16)
     scale = np.float32(1.0) / np.sqrt(np.float32(d))  # 1.0f / sqrtf(head_dim)
@@ -193,6 +195,16 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     else:
         _attention(q16, kt, v32, start, scale, n >= 2 and d % 16 == 0, n >= 2 and d % 4 == 0, out)
     return out
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _round_f16_all(x, out):
+    """out = x rounded to float16 (nearest even), as float32; flat arrays."""
+    n = len(x)
+    per = 1 << 14
+    for c in prange((n + per - 1) // per):
+        for i in range(c * per, min(n, (c + 1) * per)):
+            out[i] = round_f16(x[i])
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

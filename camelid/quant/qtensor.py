@@ -280,6 +280,12 @@ class StackedMatrices:
         """[x @ W_i.T for each part]: (n_tokens, n_in) -> (n_tokens, n_out_i) float32 arrays."""
         if self.packed is None:
             return [p.matmul(x) for p in self.parts]
-        y = self.packed.matmul(np.ascontiguousarray(x, dtype=np.float32))
+        y = self.matmul_joined(x)
         bounds = np.cumsum([0] + [p.shape[0] for p in self.parts])
         return [np.ascontiguousarray(y[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def matmul_joined(self, x: np.ndarray) -> np.ndarray:
+        """The parts' products side by side: (n_tokens, n_in) -> (n_tokens, sum of n_out_i) float32."""
+        if self.packed is None:
+            return np.concatenate([p.matmul(x) for p in self.parts], axis=1)
+        return self.packed.matmul(np.ascontiguousarray(x, dtype=np.float32))
