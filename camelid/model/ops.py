@@ -183,6 +183,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     v16 = np.ascontiguousarray(v, dtype=np.float16).view(np.uint16)
     scale = np.float32(1.0) / np.sqrt(np.float32(d))  # 1.0f / sqrtf(head_dim)
     out = np.empty((n, n_head * d), dtype=np.float32)
+    if n == 1 and d % 64 == 0:
+        _attention_one(q16, k16, v16, scale, out)
+        return out
     # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16) flat, so that the
     # scores of consecutive positions come out of vector operations; values (n_kv, T, d)
     t16 = (t + 15) // 16 * 16
@@ -435,3 +438,61 @@ def _softmax(w, n_vis, scale):
     inv = np.float32(1.0 / total)
     for t in range(n_pad):
         w[t] = round_f16(w[t] * inv)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _attention_one(q, k16, v16, scale, out):
+    """`_attention` for one query and a head size that is a multiple of 64 (ggml_vec_dot_f16 on
+    both products), straight from the float16 cache k16, v16 (T, n_kv, d): the 64 lanes of a
+    score are 4 vectors along the head, and the 64 lanes (positions mod 64) of the outputs a
+    (64, d) float32 scratch."""
+    _, n_head, d = q.shape
+    t_len, n_kv, _ = k16.shape
+    group = n_head // n_kv
+    ud = U(d)
+    row = U(n_kv) * ud  # cache elements per position
+    kflat = k16.reshape(-1)
+    vflat = v16.reshape(-1)
+    oflat = out.reshape(-1)
+    n_pad = (t_len + 15) // 16 * 16
+    for h in prange(n_head):
+        hk = U(h // group)
+        w = np.empty(n_pad, np.float32)
+        acc = np.zeros(64 * d, np.float32)  # (position mod 64, c)
+        qh = q[0, h]
+        for t in range(U(t_len)):
+            o = t * row + hk * ud
+            s0 = s1 = s2 = s3 = simd.zeros_f32()
+            for c in range(U(0), ud, U(64)):
+                s0 = simd.fma(simd.load_f16(kflat, o + c), simd.load_f32(qh, c), s0)
+                s1 = simd.fma(simd.load_f16(kflat, o + c + U(16)), simd.load_f32(qh, c + U(16)), s1)
+                s2 = simd.fma(simd.load_f16(kflat, o + c + U(32)), simd.load_f32(qh, c + U(32)), s2)
+                s3 = simd.fma(simd.load_f16(kflat, o + c + U(48)), simd.load_f32(qh, c + U(48)), s3)
+            w[t] = simd.reduce_add(simd.add(simd.add(s0, s2), simd.add(s1, s3)))
+        _softmax(w, t_len, scale)
+        for t in range(U(t_len)):
+            p = simd.broadcast_f32(w[t])
+            o = t * row + hk * ud
+            oa = (t % U(64)) * ud
+            for c in range(U(0), ud, U(16)):
+                simd.store_f32(acc, oa + c, simd.fma(p, simd.load_f16(vflat, o + c), simd.load_f32(acc, oa + c)))
+        oo = U(h * d)
+        for c in range(U(0), ud, U(16)):
+            simd.store_f32(oflat, oo + c, _lanes64(acc, ud, c))
+
+
+@njit(cache=True, inline="always")
+def _lane4(acc, ud, c, l):
+    """(lane l + lane l+32) + (lane l+16 + lane l+48) of the (64, d) scratch, at outputs c..c+15."""
+    return simd.add(simd.add(simd.load_f32(acc, U(l) * ud + c), simd.load_f32(acc, U(l + 32) * ud + c)),
+                    simd.add(simd.load_f32(acc, U(l + 16) * ud + c), simd.load_f32(acc, U(l + 48) * ud + c)))
+
+
+@njit(cache=True, inline="always")
+def _lanes64(acc, ud, c):
+    """ggml_vec_dot_f16's sum of 64 lanes, at outputs c..c+15: 4 registers added as (s0 + s2) +
+    (s1 + s3), then _mm512_reduce_add_ps's tree."""
+    return _sum16(_lane4(acc, ud, c, 0), _lane4(acc, ud, c, 1), _lane4(acc, ud, c, 2), _lane4(acc, ud, c, 3),
+                  _lane4(acc, ud, c, 4), _lane4(acc, ud, c, 5), _lane4(acc, ud, c, 6), _lane4(acc, ud, c, 7),
+                  _lane4(acc, ud, c, 8), _lane4(acc, ud, c, 9), _lane4(acc, ud, c, 10), _lane4(acc, ud, c, 11),
+                  _lane4(acc, ud, c, 12), _lane4(acc, ud, c, 13), _lane4(acc, ud, c, 14), _lane4(acc, ud, c, 15))

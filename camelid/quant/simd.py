@@ -227,6 +227,23 @@ mul.__doc__ = "Lane-wise a * b, rounded once."
 
 
 @intrinsic
+def reduce_add(typingctx, v):
+    """The sum of the 16 lanes in _mm512_reduce_add_ps's order (as ggml_math.hsum16): halves added
+    (a[i] + a[i+8]), then quarters (+4), then (b0 + b2) + (b1 + b3)."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        undef = ir.Constant(_V_F32, None)
+        for width in (8, 4, 2):
+            lo = builder.shuffle_vector(x, undef, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+            hi = builder.shuffle_vector(x, undef, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+            x = builder.fadd(lo, hi)
+            undef = ir.Constant(ir.VectorType(_F32, width), None)
+        return builder.fadd(builder.extract_element(x, ir.Constant(_I32, 0)), builder.extract_element(x, ir.Constant(_I32, 1)))
+
+    return types.float32(F32x16), codegen
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """Lane-wise a * b + c with one rounding."""
     def codegen(context, builder, sig, args):
