@@ -296,20 +296,7 @@ def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
                         tail[tt] += np.float64(kt[ok + tt] * qc)
                 for tt in range(nb):
                     w[t0 + tt] = np.float32(tail[tt])
-        for t in range(n_pad):
-            w[t] = w[t] * scale if t < n_vis else -np.inf
-        # softmax: ggml_vec_max_f32, ggml_vec_soft_max_f32 (ggml_v_expf, a float64 sum of 16-lane sums)
-        mx = -np.inf
-        for t in range(n_pad):
-            mx = max(mx, w[t])
-        total = 0.0
-        for b in range(0, n_pad, 16):
-            for lane in range(16):
-                w[b + lane] = v_expf(w[b + lane] - mx)
-            total += np.float64(hsum16(w, b))
-        inv = np.float32(1.0 / total)
-        for t in range(n_pad):
-            w[t] = round_f16(w[t] * inv)
+        _softmax(w, n_vis, scale)
         # output: out[i, h*d + c] = sum_t w[t] * v[t, hk, c], lanes t % 16 (tinyBLAS) or t % 64
         o = h * d
         n_acc = U(16) if kqv_tiny else U(64)
