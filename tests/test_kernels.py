@@ -99,8 +99,9 @@ def test_every_supported_type_has_an_exact_kernel():
 
 
 @pytest.fixture(params=["vnni", "portable"])
-def block32_path(request, monkeypatch):
-    """Both 32-weight-block kernels: VNNI integer dot products (where the CPU has them) and float32."""
+def kernel_path(request, monkeypatch):
+    """Both kernels of Q4_0..Q8_0 and repacked Q4_K: VNNI integer dot products (where the CPU has
+    them) and the portable float32 ones."""
     from camelid.quant import simd
 
     if request.param == "vnni" and not simd.HAS_VNNI:
@@ -111,13 +112,13 @@ def block32_path(request, monkeypatch):
 
 @pytest.mark.parametrize("n_tok", TOKENS)
 @pytest.mark.parametrize("t", [T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
-def test_block32_types_match_ggml(ggml, block32_path, t, n_tok):
+def test_block32_types_match_ggml(ggml, kernel_path, t, n_tok):
     # vec_dot for one token, llamafile's tinyBLAS_Q0 (Q5_0, Q8_0) or vec_dot (Q4_1, Q5_1) for more
     check(ggml, t, 72, 512, n_tok, "blk.0.ffn_up.weight", False, 10 * int(t) + n_tok)
 
 
 @pytest.mark.parametrize("n_tok", TOKENS)
-def test_q4_0_matches_ggml_repacked_and_plain(ggml, block32_path, n_tok):
+def test_q4_0_matches_ggml_repacked_and_plain(ggml, kernel_path, n_tok):
     # llama.cpp repacks Q4_0 matrices with a multiple of 8 rows (q4_0_8x8 gemv/gemm), except the
     # token embedding, which a tied output matrix then reads with the plain vec_dot / tinyBLAS order
     check(ggml, T.Q4_0, 72, 512, n_tok, "blk.0.ffn_up.weight", True, 100 + n_tok)
@@ -127,7 +128,7 @@ def test_q4_0_matches_ggml_repacked_and_plain(ggml, block32_path, n_tok):
 
 @pytest.mark.parametrize("n_tok", [1, 6])
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0], ids=lambda t: t.name)
-def test_block32_small_and_ragged_shapes_match_ggml(ggml, block32_path, t, n_tok):
+def test_block32_small_and_ragged_shapes_match_ggml(ggml, kernel_path, t, n_tok):
     # fewer rows than one 16-row group, a partial last group, and an odd number of blocks
     for i, (n_out, n_in) in enumerate([(8, 96), (40, 32), (5, 160)]):
         repack = t == T.Q4_0 and n_out % 8 == 0
@@ -143,9 +144,10 @@ def test_k_quants_match_ggml(ggml, t, n_tok):
 
 
 @pytest.mark.parametrize("n_tok", TOKENS)
-def test_q4_k_repacked_matches_ggml(ggml, n_tok):
+def test_q4_k_repacked_matches_ggml(ggml, kernel_path, n_tok):
     # q4_K_8x8: gemm for the rows in groups of 4 (an fma per 64 values), gemv for the rest (per 256)
     check(ggml, T.Q4_K, 72, 768, n_tok, "blk.0.ffn_down.weight", True, 400 + n_tok)
+    check(ggml, T.Q4_K, 8, 256, n_tok, "blk.0.attn_k.weight", True, 500 + n_tok)
 
 
 @pytest.mark.parametrize("n_tok", TOKENS)

@@ -391,7 +391,12 @@ def _build_q32(w):
 def _build_k(w):
     from camelid.quant.kernels_k import PackedK
 
-    return PackedK(w.raw, w.ggml_type, w.shape[0], w.shape[1], _repacked_by_llama_cpp(w))
+    repacked = _repacked_by_llama_cpp(w)
+    if repacked and simd.HAS_VNNI and w.ggml_type == T.Q4_K:
+        from camelid.quant.kernels_k_vnni import PackedQ4KVnni
+
+        return PackedQ4KVnni(w.raw, w.shape[0], w.shape[1])
+    return PackedK(w.raw, w.ggml_type, w.shape[0], w.shape[1], repacked)
 
 
 def _build_float(w):

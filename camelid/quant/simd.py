@@ -117,6 +117,42 @@ def broadcast_i32(typingctx, value):
 
 
 @intrinsic
+def load_u8_as_i32(typingctx, array, offset):
+    """16 bytes of a uint8 array from element `offset`, zero-extended to 16 int32 lanes."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], ir.VectorType(_I8, 16))
+        return builder.zext(builder.load(ptr, align=1), _V_I32)
+
+    return I32x16(array, offset), codegen
+
+
+def _binary_i32(op: str):
+    @intrinsic
+    def binary(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return I32x16(I32x16, I32x16), codegen
+
+    return binary
+
+
+add_i32 = _binary_i32("add")
+add_i32.__doc__ = "Lane-wise int32 a + b."
+mul_i32 = _binary_i32("mul")
+mul_i32.__doc__ = "Lane-wise int32 a * b (the low 32 bits)."
+
+
+@intrinsic
+def zeros_i32(typingctx):
+    """16 int32 zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V_I32, [0] * 16)
+
+    return I32x16(), codegen
+
+
+@intrinsic
 def dot_bytes(typingctx, acc, unsigned_bytes, signed_bytes):
     """`vpdpbusd`: lane i of acc plus the 4 products of bytes 4i..4i+3, unsigned times signed."""
     def codegen(context, builder, sig, args):
@@ -224,6 +260,8 @@ add = _binary("fadd")
 add.__doc__ = "Lane-wise a + b, rounded once."
 mul = _binary("fmul")
 mul.__doc__ = "Lane-wise a * b, rounded once."
+sub = _binary("fsub")
+sub.__doc__ = "Lane-wise a - b, rounded once."
 
 
 @intrinsic

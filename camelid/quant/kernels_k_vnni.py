@@ -1,0 +1,163 @@
+"""Q4_K products on AVX-512 VNNI in the order of llama.cpp's repacked Q4_K 8x8 kernels.
+
+llama.cpp runs every Q4_K matrix with a multiple of 8 rows, except the token embedding, through
+`ggml_gemv_q4_K_8x8_q8_K` (single rows) and `ggml_gemm_q4_K_8x8_q8_K` (rows in groups of 4). Both
+are exact integer arithmetic inside a 256-weight super-block: s1 = sum over the 32-weight
+sub-blocks of scale x (the sub-block's dot product), s2 = sum of min x (the sub-block's activation
+sum). They turn into floats once per super-block (gemv) or once per 64 weights (gemm):
+acc = fma(f32(s1), d_w * d_a, acc), acc_min = fma(f32(s2), dmin_w * d_a, acc_min), and the output is
+acc - acc_min (kernels_k.py's GEMV/GEMM paths, bit for bit).
+
+Layout: the 4-bit codes as kernels_vnni.py lays out Q4_0 (groups of 16 rows, 8 weights per 64-byte
+step); d and dmin as float16 bits, (n_groups, n_sb, 16); the 6-bit scales and mins as bytes,
+(n_groups, n_sb, 8, 16). About the file's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from numba import njit, prange
+
+from camelid.quant import simd as v
+from camelid.quant.activations import quantize_q8_K
+from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
+from camelid.quant.kernels_vnni import ROWS, _n_chunks, _rows_interleaved, _step_codes, _steps_interleaved, _store_rows
+
+U = np.uint64
+QK = 256
+PACK_ROWS = 2048
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _mm_q4_k(w, d, dmin, sc, mn, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks):
+    """out (n_tok * n_out): tokens in whole groups of 4 in the gemm order, the rest in the gemv order.
+
+    aq (n_tok * n_in) int8 Q8_K codes, ad (n_tok * n_sb) float32 scales, sums32 (n_tok * n_sb * 8)
+    int32 sums of the codes of each 32-weight sub-block.
+    """
+    n_sb = U(n_in // QK)
+    uin = U(n_in)
+    uout = U(n_out)
+    n_groups = (n_out + ROWS - 1) // ROWS
+    per = (n_groups + n_chunks - 1) // n_chunks
+    group_bytes = U(n_in // 2 * ROWS)
+    n4 = U(n_tok - n_tok % 4)
+    for c in prange(n_chunks):
+        tmp = np.empty(ROWS, np.float32)
+        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
+            wg = g * group_bytes
+            row0 = g * U(ROWS)
+            n_valid = min(U(ROWS), uout - row0)
+            for t in range(U(0), n4, U(4)):  # gemm: a float step every 64 weights, 4 tokens per weight load
+                acc0 = acc1 = acc2 = acc3 = v.zeros_f32()
+                min0 = min1 = min2 = min3 = v.zeros_f32()
+                for b in range(n_sb):
+                    ob = (g * n_sb + b) * U(ROWS)
+                    dw = v.load_f16(d, ob)
+                    dmw = v.load_f16(dmin, ob)
+                    s0 = s1 = s2 = s3 = v.zeros_i32()
+                    m0 = m1 = m2 = m3 = v.zeros_i32()
+                    for j in range(U(8)):
+                        i0 = i1 = i2 = i3 = v.zeros_i32()
+                        for s in range(U(4)):
+                            lo, hi = _step_codes(w, wg + (b * U(32) + j * U(4) + s) * U(64), True)
+                            a = t * uin + b * U(QK) + j * U(32) + s * U(8)
+                            i0 = v.dot_bytes(v.dot_bytes(i0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            a += uin
+                            i1 = v.dot_bytes(v.dot_bytes(i1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            a += uin
+                            i2 = v.dot_bytes(v.dot_bytes(i2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            a += uin
+                            i3 = v.dot_bytes(v.dot_bytes(i3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        osm = ob * U(8) + j * U(ROWS)
+                        scales = v.load_u8_as_i32(sc, osm)
+                        mins = v.load_u8_as_i32(mn, osm)
+                        si = (t * n_sb + b) * U(8) + j
+                        s0 = v.add_i32(s0, v.mul_i32(i0, scales))
+                        s1 = v.add_i32(s1, v.mul_i32(i1, scales))
+                        s2 = v.add_i32(s2, v.mul_i32(i2, scales))
+                        s3 = v.add_i32(s3, v.mul_i32(i3, scales))
+                        m0 = v.add_i32(m0, v.mul_i32(mins, v.broadcast_i32(sums32[si])))
+                        m1 = v.add_i32(m1, v.mul_i32(mins, v.broadcast_i32(sums32[si + U(8) * n_sb])))
+                        m2 = v.add_i32(m2, v.mul_i32(mins, v.broadcast_i32(sums32[si + U(16) * n_sb])))
+                        m3 = v.add_i32(m3, v.mul_i32(mins, v.broadcast_i32(sums32[si + U(24) * n_sb])))
+                        if j % U(2) == U(1):
+                            a0 = v.broadcast_f32(ad[t * n_sb + b])
+                            a1 = v.broadcast_f32(ad[(t + U(1)) * n_sb + b])
+                            a2 = v.broadcast_f32(ad[(t + U(2)) * n_sb + b])
+                            a3 = v.broadcast_f32(ad[(t + U(3)) * n_sb + b])
+                            acc0 = v.fma(v.to_f32(s0), v.mul(dw, a0), acc0)
+                            acc1 = v.fma(v.to_f32(s1), v.mul(dw, a1), acc1)
+                            acc2 = v.fma(v.to_f32(s2), v.mul(dw, a2), acc2)
+                            acc3 = v.fma(v.to_f32(s3), v.mul(dw, a3), acc3)
+                            min0 = v.fma(v.to_f32(m0), v.mul(dmw, a0), min0)
+                            min1 = v.fma(v.to_f32(m1), v.mul(dmw, a1), min1)
+                            min2 = v.fma(v.to_f32(m2), v.mul(dmw, a2), min2)
+                            min3 = v.fma(v.to_f32(m3), v.mul(dmw, a3), min3)
+                            s0 = s1 = s2 = s3 = v.zeros_i32()
+                            m0 = m1 = m2 = m3 = v.zeros_i32()
+                _store_rows(out, t * uout + row0, n_valid, v.sub(acc0, min0), tmp)
+                _store_rows(out, (t + U(1)) * uout + row0, n_valid, v.sub(acc1, min1), tmp)
+                _store_rows(out, (t + U(2)) * uout + row0, n_valid, v.sub(acc2, min2), tmp)
+                _store_rows(out, (t + U(3)) * uout + row0, n_valid, v.sub(acc3, min3), tmp)
+            for t in range(n4, U(n_tok)):  # gemv: a float step per super-block
+                acc = v.zeros_f32()
+                acc_min = v.zeros_f32()
+                for b in range(n_sb):
+                    ob = (g * n_sb + b) * U(ROWS)
+                    s = v.zeros_i32()
+                    m = v.zeros_i32()
+                    for j in range(U(8)):
+                        isum = v.zeros_i32()
+                        for st in range(U(4)):
+                            lo, hi = _step_codes(w, wg + (b * U(32) + j * U(4) + st) * U(64), True)
+                            a = t * uin + b * U(QK) + j * U(32) + st * U(8)
+                            isum = v.dot_bytes(v.dot_bytes(isum, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        osm = ob * U(8) + j * U(ROWS)
+                        s = v.add_i32(s, v.mul_i32(isum, v.load_u8_as_i32(sc, osm)))
+                        m = v.add_i32(m, v.mul_i32(v.load_u8_as_i32(mn, osm), v.broadcast_i32(sums32[(t * n_sb + b) * U(8) + j])))
+                    da = v.broadcast_f32(ad[t * n_sb + b])
+                    acc = v.fma(v.to_f32(s), v.mul(v.load_f16(d, ob), da), acc)
+                    acc_min = v.fma(v.to_f32(m), v.mul(v.load_f16(dmin, ob), da), acc_min)
+                _store_rows(out, t * uout + row0, n_valid, v.sub(acc, acc_min), tmp)
+
+
+class PackedQ4KVnni:
+    """A Q4_K matrix that llama.cpp repacks, laid out for `_mm_q4_k`."""
+
+    def __init__(self, raw: np.ndarray, n_out: int, n_in: int):
+        dtype = BLOCK_TYPES[GGMLQuantizationType.Q4_K].dtype
+        n_sb = n_in // QK
+        self.n_out, self.n_in = n_out, n_in
+        self.n_groups = n_groups = (n_out + ROWS - 1) // ROWS
+        group_bytes = n_in // 2 * ROWS
+        self.w = v.aligned_empty(n_groups * group_bytes, np.uint8)
+        self.d = v.aligned_empty(n_groups * n_sb * ROWS, np.uint16)
+        self.dmin = v.aligned_empty(n_groups * n_sb * ROWS, np.uint16)
+        self.sc = v.aligned_empty(n_groups * n_sb * 8 * ROWS, np.uint8)
+        self.mn = v.aligned_empty(n_groups * n_sb * 8 * ROWS, np.uint8)
+        for r0 in range(0, n_out, PACK_ROWS):
+            r1 = min(n_out, r0 + PACK_ROWS)
+            g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
+            rows = r1 - r0
+            recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
+            qs = recs["qs"].reshape(-1, 4, 1, 32)  # weights 64c..64c+31: low nibbles of bytes 32c.., then the high
+            codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(rows, n_in)
+            self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0, True)
+            for name, target in (("d", self.d), ("dmin", self.dmin)):
+                target[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs[name].view(np.uint16).reshape(rows, n_sb), g1 - g0)
+            sc, mn = k_scales_mins(recs["scales"])
+            self.sc[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = _rows_interleaved(sc.reshape(rows, n_sb * 8), g1 - g0)
+            self.mn[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = _rows_interleaved(mn.reshape(rows, n_sb * 8), g1 - g0)
+        self.copies_weights = True
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        n_tok = x.shape[0]
+        d, q = quantize_q8_K(x)  # (n_tok, n_sb), (n_tok, n_sb, 256)
+        sums32 = q.reshape(n_tok, -1, 32).sum(axis=2, dtype=np.int32)
+        out = np.empty((n_tok, self.n_out), np.float32)
+        _mm_q4_k(self.w, self.d, self.dmin, self.sc, self.mn, q.reshape(-1), np.ascontiguousarray(d, np.float32).reshape(-1),
+                 sums32.reshape(-1), self.n_out, self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
+        return out
+
