@@ -100,8 +100,8 @@ def test_every_supported_type_has_an_exact_kernel():
 
 @pytest.fixture(params=["vnni", "portable"])
 def kernel_path(request, monkeypatch):
-    """Both kernels of Q4_0..Q8_0 and repacked Q4_K: VNNI integer dot products (where the CPU has
-    them) and the portable float32 ones."""
+    """Both kernels of the quantized types: VNNI integer dot products (where the CPU has them) and
+    the portable float32 ones."""
     from camelid.quant import simd
 
     if request.param == "vnni" and not simd.HAS_VNNI:
@@ -137,10 +137,11 @@ def test_block32_small_and_ragged_shapes_match_ggml(ggml, kernel_path, t, n_tok)
 
 @pytest.mark.parametrize("n_tok", TOKENS)
 @pytest.mark.parametrize("t", [T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
-def test_k_quants_match_ggml(ggml, t, n_tok):
+def test_k_quants_match_ggml(ggml, kernel_path, t, n_tok):
     # vec_dot below 8 tokens, the tiled VNNI kernels from 8; Q4_K as the token embedding (not repacked)
     name = "token_embd.weight" if t == T.Q4_K else "blk.0.ffn_down.weight"
     check(ggml, t, 72, 768, n_tok, name, False, 10 * int(t) + n_tok)
+    check(ggml, t, 5, 256, n_tok, "token_embd.weight", False, 20 * int(t) + n_tok)  # less than one 16-row group
 
 
 @pytest.mark.parametrize("n_tok", TOKENS)

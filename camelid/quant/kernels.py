@@ -392,11 +392,13 @@ def _build_k(w):
     from camelid.quant.kernels_k import PackedK
 
     repacked = _repacked_by_llama_cpp(w)
-    if repacked and simd.HAS_VNNI and w.ggml_type == T.Q4_K:
-        from camelid.quant.kernels_k_vnni import PackedQ4KVnni
+    if not simd.HAS_VNNI:
+        return PackedK(w.raw, w.ggml_type, w.shape[0], w.shape[1], repacked)
+    from camelid.quant.kernels_k_vnni import PackedKVnni, PackedQ4KVnni
 
+    if repacked:
         return PackedQ4KVnni(w.raw, w.shape[0], w.shape[1])
-    return PackedK(w.raw, w.ggml_type, w.shape[0], w.shape[1], repacked)
+    return PackedKVnni(w.raw, w.ggml_type, w.shape[0], w.shape[1])
 
 
 def _build_float(w):

@@ -1,4 +1,6 @@
-"""Q4_K products on AVX-512 VNNI in the order of llama.cpp's repacked Q4_K 8x8 kernels.
+"""K-quant products (Q4_K, Q5_K, Q6_K) on AVX-512 VNNI, bit-identical to kernels_k.py's.
+
+Repacked Q4_K (`_mm_q4_k`, `PackedQ4KVnni`):
 
 llama.cpp runs every Q4_K matrix with a multiple of 8 rows, except the token embedding, through
 `ggml_gemv_q4_K_8x8_q8_K` (single rows) and `ggml_gemm_q4_K_8x8_q8_K` (rows in groups of 4). Both
@@ -8,9 +10,15 @@ sum). They turn into floats once per super-block (gemv) or once per 64 weights (
 acc = fma(f32(s1), d_w * d_a, acc), acc_min = fma(f32(s2), dmin_w * d_a, acc_min), and the output is
 acc - acc_min (kernels_k.py's GEMV/GEMM paths, bit for bit).
 
+Other K-quant matrices (`_mm_k`, `PackedKVnni`) take ggml_vec_dot_q*_K_q8_K's order below 8
+tokens (VEC) and the tiled kernel's from 8 (TILED), as kernels_k.py describes; the integer parts
+(the sums of 4 products, scaled and summed by lane or by sub-block) are computed in int32 lanes,
+exact, and become floats where llama.cpp converts them.
+
 Layout: the 4-bit codes as kernels_vnni.py lays out Q4_0 (groups of 16 rows, 8 weights per 64-byte
-step); d and dmin as float16 bits, (n_groups, n_sb, 16); the 6-bit scales and mins as bytes,
-(n_groups, n_sb, 8, 16). About the file's size.
+step), 5- and 6-bit codes one per byte (4 weights per step); d and dmin as float16 bits, (n_groups,
+n_sb, 16); the 6-bit scales and mins as bytes, (n_groups, n_sb, n_sub, 16) (Q6_K's 16 scales per
+super-block signed). About the file's size for Q4_K, 1.3x it for Q5_K and Q6_K.
 """
 
 from __future__ import annotations
@@ -161,3 +169,168 @@ class PackedQ4KVnni:
                  sums32.reshape(-1), self.n_out, self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
         return out
 
+
+
+@njit(cache=True, inline="always")
+def _codes4(w, wb, nibbles, g, k):
+    """Codes of weights 32g+4k..32g+4k+3 of the super-block whose codes start at byte wb."""
+    if nibbles:
+        packed = v.load_bytes(w, wb + (g * U(4) + k // U(2)) * U(64))
+        return v.low_nibbles(packed) if k % U(2) == 0 else v.high_nibbles(packed)
+    return v.load_bytes(w, wb + (g * U(8) + k) * U(64))
+
+
+@njit(cache=True, inline="always")
+def _scales(sc, o, signed):
+    """16 rows' scales at o as int32 (Q6_K's are int8)."""
+    return v.load_i8_as_i32(sc, o) if signed else v.load_u8_as_i32(sc, o)
+
+
+@njit(cache=True, inline="always")
+def _hsum8_rows(acc):
+    """((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) of the 8 lanes in acc (lane, row)."""
+    def lane(i):
+        return v.load_f32(acc, U(i * ROWS))
+
+    return v.add(v.add(v.add(lane(0), lane(4)), v.add(lane(2), lane(6))), v.add(v.add(lane(1), lane(5)), v.add(lane(3), lane(7))))
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _mm_k(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, tiled, n_out, n_in, n_tok, out, n_chunks):
+    """out (n_tok * n_out) for Q4_K (kind 4), Q5_K (5) or Q6_K (6) weights in the VEC or TILED order.
+
+    aq (n_tok * n_in) int8 Q8_K codes, ad (n_tok * n_sb) float32 scales, bs (n_tok * n_sb * 16) int32
+    sums of the codes by 16.
+    """
+    n_sb = U(n_in // QK)
+    uin = U(n_in)
+    uout = U(n_out)
+    n_sub = U(16 if kind == 6 else 8)
+    sb_bytes = U(QK // 8 * 64 if nibbles else QK // 4 * 64)
+    n_groups = (n_out + ROWS - 1) // ROWS
+    per = (n_groups + n_chunks - 1) // n_chunks
+    q6 = kind == 6
+    for c in prange(n_chunks):
+        tmp = np.empty(ROWS, np.float32)
+        acc = np.empty(8 * ROWS, np.float32)  # VEC: the 8 float lanes, (lane, row)
+        acc_min = np.empty(4 * ROWS, np.float32)  # VEC Q4_K: the 4 min lanes
+        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
+            row0 = g * U(ROWS)
+            n_valid = min(U(ROWS), uout - row0)
+            for t in range(U(n_tok)):
+                acc[:] = 0
+                acc_min[:] = 0
+                one = v.zeros_f32()
+                for b in range(n_sb):
+                    wb = (g * n_sb + b) * sb_bytes
+                    ob = (g * n_sb + b) * U(ROWS)
+                    osc = ob * n_sub
+                    omn = ob * U(8)
+                    at = t * uin + b * U(QK)
+                    bso = (t * n_sb + b) * U(16)
+                    da = ad[t * n_sb + b]
+                    if tiled:
+                        s1 = v.zeros_i32()
+                        s2 = v.zeros_i32()
+                        for j in range(U(8)):
+                            lo = v.zeros_i32()
+                            hi = v.zeros_i32()
+                            for k in range(U(4)):
+                                lo = v.dot_bytes(lo, _codes4(w, wb, nibbles, j, k), v.broadcast_bytes4(aq, at + j * U(32) + k * U(4)))
+                                hi = v.dot_bytes(hi, _codes4(w, wb, nibbles, j, k + U(4)), v.broadcast_bytes4(aq, at + j * U(32) + U(16) + k * U(4)))
+                            if q6:
+                                lo = v.sub_i32(lo, v.broadcast_i32(32 * bs[bso + U(2) * j]))
+                                hi = v.sub_i32(hi, v.broadcast_i32(32 * bs[bso + U(2) * j + U(1)]))
+                                s1 = v.add_i32(s1, v.add_i32(v.mul_i32(lo, _scales(sc, osc + U(2) * j * U(ROWS), True)),
+                                                             v.mul_i32(hi, _scales(sc, osc + (U(2) * j + U(1)) * U(ROWS), True))))
+                            else:
+                                s1 = v.add_i32(s1, v.mul_i32(v.add_i32(lo, hi), _scales(sc, osc + j * U(ROWS), False)))
+                                bsum = bs[bso + U(2) * j] + bs[bso + U(2) * j + U(1)]
+                                s2 = v.add_i32(s2, v.mul_i32(v.load_u8_as_i32(mn, omn + j * U(ROWS)), v.broadcast_i32(bsum)))
+                        res = v.mul(v.to_f32(s1), v.load_f16(d, ob))
+                        if not q6:
+                            res = v.fma(v.mul(v.load_f16(dmin, ob), v.broadcast_f32(-1.0)), v.to_f32(s2), res)
+                        one = v.fma(res, v.broadcast_f32(da), one)
+                    else:
+                        dd = v.mul(v.broadcast_f32(da), v.load_f16(d, ob))
+                        for k in range(U(8)):
+                            lane = v.zeros_i32()
+                            for j in range(U(8)):
+                                p = v.dot_bytes(v.zeros_i32(), _codes4(w, wb, nibbles, j, k), v.broadcast_bytes4(aq, at + j * U(32) + k * U(4)))
+                                u = U(2) * j + (U(1) if k >= U(4) else U(0)) if q6 else j
+                                lane = v.add_i32(lane, v.mul_i32(p, _scales(sc, osc + u * U(ROWS), q6)))
+                            if q6:
+                                lane = v.sub_i32(lane, v.add_i32(
+                                    v.mul_i32(v.broadcast_i32(32 * bs[bso + U(2) * k]), _scales(sc, osc + U(2) * k * U(ROWS), True)),
+                                    v.mul_i32(v.broadcast_i32(32 * bs[bso + U(2) * k + U(1)]), _scales(sc, osc + (U(2) * k + U(1)) * U(ROWS), True))))
+                            v.store_f32(acc, k * U(ROWS), v.fma(dd, v.to_f32(lane), v.load_f32(acc, k * U(ROWS))))
+                        if not q6:
+                            dm = v.mul(v.broadcast_f32(-da), v.load_f16(dmin, ob))
+                            total = v.zeros_i32()
+                            for kk in range(U(4)):
+                                q0 = bs[bso + U(4) * kk] + bs[bso + U(4) * kk + U(1)]
+                                q1 = bs[bso + U(4) * kk + U(2)] + bs[bso + U(4) * kk + U(3)]
+                                prod = v.add_i32(v.mul_i32(v.load_u8_as_i32(mn, omn + U(2) * kk * U(ROWS)), v.broadcast_i32(q0)),
+                                                 v.mul_i32(v.load_u8_as_i32(mn, omn + (U(2) * kk + U(1)) * U(ROWS)), v.broadcast_i32(q1)))
+                                if kind == 4:
+                                    v.store_f32(acc_min, kk * U(ROWS), v.fma(dm, v.to_f32(prod), v.load_f32(acc_min, kk * U(ROWS))))
+                                total = v.add_i32(total, prod)
+                            if kind == 5:
+                                one = v.fma(dm, v.to_f32(total), one)
+                if not tiled:  # hsum_float_8 of the lanes, then the min terms
+                    mins = one
+                    one = _hsum8_rows(acc)
+                    if kind == 4:
+                        one = v.add(one, v.add(v.add(v.load_f32(acc_min, U(0)), v.load_f32(acc_min, U(2 * ROWS))),
+                                               v.add(v.load_f32(acc_min, U(ROWS)), v.load_f32(acc_min, U(3 * ROWS)))))
+                    elif kind == 5:
+                        one = v.add(one, mins)
+                _store_rows(out, t * uout + row0, n_valid, one, tmp)
+
+
+class PackedKVnni:
+    """A Q4_K, Q5_K or Q6_K matrix laid out for `_mm_k` (see the module docstring)."""
+
+    def __init__(self, raw: np.ndarray, t, n_out: int, n_in: int):
+        from camelid.quant.kernels_k import _unpack
+
+        dtype = BLOCK_TYPES[t].dtype
+        n_sb = n_in // QK
+        self.kind = {GGMLQuantizationType.Q4_K: 4, GGMLQuantizationType.Q5_K: 5, GGMLQuantizationType.Q6_K: 6}[t]
+        self.nibbles = self.kind == 4
+        n_sub = 16 if self.kind == 6 else 8
+        self.n_out, self.n_in = n_out, n_in
+        self.n_groups = n_groups = (n_out + ROWS - 1) // ROWS
+        group_bytes = n_in // 2 * ROWS if self.nibbles else n_in * ROWS
+        self.w = v.aligned_empty(n_groups * group_bytes, np.uint8)
+        self.d = v.aligned_empty(n_groups * n_sb * ROWS, np.uint16)
+        self.dmin = v.aligned_empty(n_groups * n_sb * ROWS if self.kind != 6 else 0, np.uint16)
+        self.sc = v.aligned_empty(n_groups * n_sb * n_sub * ROWS, np.int8 if self.kind == 6 else np.uint8)
+        self.mn = v.aligned_empty(n_groups * n_sb * 8 * ROWS if self.kind != 6 else 0, np.uint8)
+        for r0 in range(0, n_out, PACK_ROWS):
+            r1 = min(n_out, r0 + PACK_ROWS)
+            g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
+            rows = r1 - r0
+            recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
+            codes = _unpack(recs, t)[0].reshape(rows, n_in)
+            self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0, self.nibbles)
+            self.d[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(rows, n_sb), g1 - g0)
+            if self.kind == 6:
+                sc = recs["scales"]
+            else:
+                self.dmin[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs["dmin"].view(np.uint16).reshape(rows, n_sb), g1 - g0)
+                sc, mn = k_scales_mins(recs["scales"])
+                self.mn[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = _rows_interleaved(mn.reshape(rows, n_sb * 8), g1 - g0)
+            self.sc[g0 * n_sb * n_sub * ROWS:g1 * n_sb * n_sub * ROWS] = _rows_interleaved(
+                sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0)
+        self.copies_weights = True
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        n_tok = x.shape[0]
+        d, q = quantize_q8_K(x)  # (n_tok, n_sb), (n_tok, n_sb, 256)
+        bs = q.reshape(n_tok, -1, 16).sum(axis=2, dtype=np.int32)
+        out = np.empty((n_tok, self.n_out), np.float32)
+        _mm_k(self.w, self.nibbles, self.kind, self.d, self.dmin, self.sc, self.mn, q.reshape(-1),
+              np.ascontiguousarray(d, np.float32).reshape(-1), bs.reshape(-1), n_tok >= 8, self.n_out, self.n_in, n_tok,
+              out.reshape(-1), _n_chunks(self.n_groups))
+        return out

@@ -126,6 +126,37 @@ def load_u8_as_i32(typingctx, array, offset):
     return I32x16(array, offset), codegen
 
 
+@intrinsic
+def load_i8_as_i32(typingctx, array, offset):
+    """16 bytes of an int8 array from element `offset`, sign-extended to 16 int32 lanes."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], ir.VectorType(_I8, 16))
+        return builder.sext(builder.load(ptr, align=1), _V_I32)
+
+    return I32x16(array, offset), codegen
+
+
+@intrinsic
+def load_i32(typingctx, array, offset):
+    """16 int32 values of an int32 array from element `offset`."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
+        return builder.load(ptr, align=4)
+
+    return I32x16(array, offset), codegen
+
+
+@intrinsic
+def store_i32(typingctx, array, offset, v):
+    """Write 16 int32 lanes to an int32 array from element `offset`."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
+        builder.store(args[2], ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.none(array, offset, I32x16), codegen
+
+
 def _binary_i32(op: str):
     @intrinsic
     def binary(typingctx, a, b):
@@ -141,6 +172,8 @@ add_i32 = _binary_i32("add")
 add_i32.__doc__ = "Lane-wise int32 a + b."
 mul_i32 = _binary_i32("mul")
 mul_i32.__doc__ = "Lane-wise int32 a * b (the low 32 bits)."
+sub_i32 = _binary_i32("sub")
+sub_i32.__doc__ = "Lane-wise int32 a - b."
 
 
 @intrinsic
