@@ -181,6 +181,24 @@ def _codes4(w, wb, nibbles, g, k):
 
 
 @njit(cache=True, inline="always")
+def _lane_step(lane, w, wb, nibbles, j, k, aq, a, scales):
+    """lane + scales x (the sum of the 4 products of weights 32j+4k.. with activations a+4k..)."""
+    p = v.dot_bytes(v.zeros_i32(), _codes4(w, wb, nibbles, j, k), v.broadcast_bytes4(aq, a + k * U(4)))
+    return v.add_i32(lane, v.mul_i32(p, scales))
+
+
+@njit(cache=True, inline="always")
+def _add_lane(acc, k, lane, dd, q6, bs, bso, sc, osc):
+    """VEC: float lane k += d_a * d_w * lane (Q6_K: less 32 x the activation sums of sub-blocks 2k and
+    2k+1 times their scales, as ggml's AVX2 Q6_K dot product folds in the codes' offset)."""
+    if q6:
+        lane = v.sub_i32(lane, v.add_i32(
+            v.mul_i32(v.broadcast_i32(32 * bs[bso + U(2) * k]), _scales(sc, osc + U(2) * k * U(ROWS), True)),
+            v.mul_i32(v.broadcast_i32(32 * bs[bso + U(2) * k + U(1)]), _scales(sc, osc + (U(2) * k + U(1)) * U(ROWS), True))))
+    v.store_f32(acc, k * U(ROWS), v.fma(dd, v.to_f32(lane), v.load_f32(acc, k * U(ROWS))))
+
+
+@njit(cache=True, inline="always")
 def _scales(sc, o, signed):
     """16 rows' scales at o as int32 (Q6_K's are int8)."""
     return v.load_i8_as_i32(sc, o) if signed else v.load_u8_as_i32(sc, o)
@@ -253,17 +271,30 @@ def _mm_k(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, tiled, n_out, n_in, n_t
                         one = v.fma(res, v.broadcast_f32(da), one)
                     else:
                         dd = v.mul(v.broadcast_f32(da), v.load_f16(d, ob))
-                        for k in range(U(8)):
-                            lane = v.zeros_i32()
-                            for j in range(U(8)):
-                                p = v.dot_bytes(v.zeros_i32(), _codes4(w, wb, nibbles, j, k), v.broadcast_bytes4(aq, at + j * U(32) + k * U(4)))
-                                u = U(2) * j + (U(1) if k >= U(4) else U(0)) if q6 else j
-                                lane = v.add_i32(lane, v.mul_i32(p, _scales(sc, osc + u * U(ROWS), q6)))
-                            if q6:
-                                lane = v.sub_i32(lane, v.add_i32(
-                                    v.mul_i32(v.broadcast_i32(32 * bs[bso + U(2) * k]), _scales(sc, osc + U(2) * k * U(ROWS), True)),
-                                    v.mul_i32(v.broadcast_i32(32 * bs[bso + U(2) * k + U(1)]), _scales(sc, osc + (U(2) * k + U(1)) * U(ROWS), True))))
-                            v.store_f32(acc, k * U(ROWS), v.fma(dd, v.to_f32(lane), v.load_f32(acc, k * U(ROWS))))
+                        l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = v.zeros_i32()
+                        for j in range(U(8)):
+                            if q6:  # the first 16 values of sub-block j have scale 2j, the others 2j + 1
+                                s_lo = _scales(sc, osc + U(2) * j * U(ROWS), True)
+                                s_hi = _scales(sc, osc + (U(2) * j + U(1)) * U(ROWS), True)
+                            else:
+                                s_lo = s_hi = _scales(sc, osc + j * U(ROWS), False)
+                            a = at + j * U(32)
+                            l0 = _lane_step(l0, w, wb, nibbles, j, U(0), aq, a, s_lo)
+                            l1 = _lane_step(l1, w, wb, nibbles, j, U(1), aq, a, s_lo)
+                            l2 = _lane_step(l2, w, wb, nibbles, j, U(2), aq, a, s_lo)
+                            l3 = _lane_step(l3, w, wb, nibbles, j, U(3), aq, a, s_lo)
+                            l4 = _lane_step(l4, w, wb, nibbles, j, U(4), aq, a, s_hi)
+                            l5 = _lane_step(l5, w, wb, nibbles, j, U(5), aq, a, s_hi)
+                            l6 = _lane_step(l6, w, wb, nibbles, j, U(6), aq, a, s_hi)
+                            l7 = _lane_step(l7, w, wb, nibbles, j, U(7), aq, a, s_hi)
+                        _add_lane(acc, U(0), l0, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(1), l1, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(2), l2, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(3), l3, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(4), l4, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(5), l5, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(6), l6, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(7), l7, dd, q6, bs, bso, sc, osc)
                         if not q6:
                             dm = v.mul(v.broadcast_f32(-da), v.load_f16(dmin, ob))
                             total = v.zeros_i32()
