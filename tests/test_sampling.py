@@ -149,6 +149,29 @@ def test_top_k_ties_go_to_lower_token_ids():
     assert kept(top_k_filter(big, 5)) == {10, 2000, 0, 1, 2}
 
 
+@pytest.mark.parametrize("kind", ["normal", "few values", "sorted", "reversed"])
+def test_top_k_on_big_vocabularies_matches_a_stable_sort(kind):
+    # big enough for the sampled threshold (every 64th logit), with ties and adversarial orders
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(151936).astype(np.float32)
+    if kind == "few values":
+        x = rng.integers(-3, 3, x.size).astype(np.float32)
+    elif kind == "sorted":
+        x = np.sort(x)
+    elif kind == "reversed":
+        x = np.sort(x)[::-1].copy()
+    for k in (1, 40, 64, 1000, 3000):
+        assert kept(top_k_filter(x, k)) == set(np.argsort(-x, kind="stable")[:k].tolist()), k
+
+
+def test_nan_logits_are_no_candidates():
+    x = np.array([0.0, np.nan, 1.0, np.nan, 0.5], dtype=np.float32)
+    assert Sampler(SamplingParams(temperature=0))(x, []) == 2
+    assert Sampler(SamplingParams(seed=0, top_k=2))(x, []) in (2, 4)
+    with pytest.raises(CamelidError, match="no token to sample"):
+        Sampler(SamplingParams(seed=0))(np.full(4, np.nan, np.float32), [])
+
+
 def test_top_p_keeps_smallest_prefix_reaching_p():
     probs = [0.40, 0.25, 0.15, 0.10, 0.05, 0.03, 0.02]
     perm = [3, 6, 0, 5, 1, 4, 2]  # token perm[i] gets probs[i]
