@@ -180,6 +180,25 @@ def test_activation_quantizer_matches_numpy_reference():
     assert np.array_equal(quantize_q8_0(x)[0], d)
 
 
+def test_q8_k_quantizer_matches_numpy_reference():
+    from camelid.quant.activations import quantize_q8_K
+    from camelid.quant.kernels_k_vnni import quantize_q8_k
+
+    rng = np.random.default_rng(8)
+    x = activations(4, 1024, rng)
+    x[1, :256] = 0.0  # an all-zero block
+    x[2, 300] = -2 * np.abs(x[2, 256:512]).max()  # the scale from a negative maximum
+    x[3, 600:602] = [50.0, -50.0]  # a tie: the first one sets the sign
+    q = np.empty(x.size, np.int8)
+    d = np.empty(x.size // 256, np.float32)
+    sums16 = np.empty(x.size // 16, np.int32)
+    quantize_q8_k(x, q, d, sums16)
+    ref_d, ref_q = quantize_q8_K(x)
+    assert np.array_equal(q, ref_q.reshape(-1))
+    assert np.array_equal(bits(d), bits(ref_d.reshape(-1)))
+    assert np.array_equal(sums16, ref_q.reshape(-1, 16).sum(axis=1))
+
+
 def test_round_f16_matches_numpy():
     from numba import njit
 

@@ -28,7 +28,6 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.quant import simd as v
-from camelid.quant.activations import quantize_q8_K
 from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
 from camelid.quant.kernels_vnni import ROWS, _n_chunks, _rows_interleaved, _step_codes, _steps_interleaved, _store_rows
 
@@ -37,12 +36,62 @@ QK = 256
 PACK_ROWS = 2048
 
 
+@njit(cache=True, boundscheck=False, fastmath={"nnan", "ninf", "nsz", "reassoc"})
+def _abs_max(x, t, o):
+    """The largest |x[t, o:o+256]| (any order gives the same maximum: it vectorizes with these flags)."""
+    m = np.float32(0.0)
+    for i in range(o, o + QK):
+        m = max(m, abs(x[t, i]))
+    return m
+
+
+@njit(cache=True, boundscheck=False)
+def quantize_q8_k(x, q, d, sums16):
+    """ggml's quantize_row_q8_K_ref of the rows of x (n, k): q (n * k) int8 codes, d (n * k/256)
+    float32 scales, sums16 (n * k/16) int32 sums of the codes by 16. Equal to
+    activations.quantize_q8_K, bit for bit (the largest magnitude's first occurrence sets the scale
+    -127 / max; codes round to nearest even, at most 127)."""
+    n, k = x.shape
+    nb = k // QK
+    for t in range(n):
+        for b in range(nb):
+            o = b * QK
+            amax = _abs_max(x, t, o)
+            vmax = np.float32(0.0)
+            for i in range(o, o + QK):
+                if abs(x[t, i]) == amax:
+                    vmax = x[t, i]
+                    break
+            if amax == 0:
+                d[t * nb + b] = 0
+                for i in range(QK):
+                    q[t * k + o + i] = 0
+                for i in range(16):
+                    sums16[(t * nb + b) * 16 + i] = 0
+                continue
+            iscale = np.float32(-127.0) / vmax
+            for j in range(16):
+                total = 0
+                for i in range(o + 16 * j, o + 16 * j + 16):
+                    c = min(127, int(np.rint(iscale * x[t, i])))
+                    q[t * k + i] = c
+                    total += c
+                sums16[(t * nb + b) * 16 + j] = total
+            d[t * nb + b] = np.float32(1.0) / iscale
+
+
+@njit(cache=True, inline="always")
+def _sum32(sums16, i):
+    """The sum of the activation codes of 32-weight sub-block i."""
+    return sums16[U(2) * i] + sums16[U(2) * i + U(1)]
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_q4_k(w, d, dmin, sc, mn, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks):
+def _mm_q4_k(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chunks):
     """out (n_tok * n_out): tokens in whole groups of 4 in the gemm order, the rest in the gemv order.
 
-    aq (n_tok * n_in) int8 Q8_K codes, ad (n_tok * n_sb) float32 scales, sums32 (n_tok * n_sb * 8)
-    int32 sums of the codes of each 32-weight sub-block.
+    aq (n_tok * n_in) int8 Q8_K codes, ad (n_tok * n_sb) float32 scales, sums16 (n_tok * n_sb * 16)
+    int32 sums of the codes by 16.
     """
     n_sb = U(n_in // QK)
     uin = U(n_in)
@@ -86,10 +135,10 @@ def _mm_q4_k(w, d, dmin, sc, mn, aq, ad, sums32, n_out, n_in, n_tok, out, n_chun
                         s1 = v.add_i32(s1, v.mul_i32(i1, scales))
                         s2 = v.add_i32(s2, v.mul_i32(i2, scales))
                         s3 = v.add_i32(s3, v.mul_i32(i3, scales))
-                        m0 = v.add_i32(m0, v.mul_i32(mins, v.broadcast_i32(sums32[si])))
-                        m1 = v.add_i32(m1, v.mul_i32(mins, v.broadcast_i32(sums32[si + U(8) * n_sb])))
-                        m2 = v.add_i32(m2, v.mul_i32(mins, v.broadcast_i32(sums32[si + U(16) * n_sb])))
-                        m3 = v.add_i32(m3, v.mul_i32(mins, v.broadcast_i32(sums32[si + U(24) * n_sb])))
+                        m0 = v.add_i32(m0, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si))))
+                        m1 = v.add_i32(m1, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(8) * n_sb))))
+                        m2 = v.add_i32(m2, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(16) * n_sb))))
+                        m3 = v.add_i32(m3, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(24) * n_sb))))
                         if j % U(2) == U(1):
                             a0 = v.broadcast_f32(ad[t * n_sb + b])
                             a1 = v.broadcast_f32(ad[(t + U(1)) * n_sb + b])
@@ -124,7 +173,7 @@ def _mm_q4_k(w, d, dmin, sc, mn, aq, ad, sums32, n_out, n_in, n_tok, out, n_chun
                             isum = v.dot_bytes(v.dot_bytes(isum, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                         osm = ob * U(8) + j * U(ROWS)
                         s = v.add_i32(s, v.mul_i32(isum, v.load_u8_as_i32(sc, osm)))
-                        m = v.add_i32(m, v.mul_i32(v.load_u8_as_i32(mn, osm), v.broadcast_i32(sums32[(t * n_sb + b) * U(8) + j])))
+                        m = v.add_i32(m, v.mul_i32(v.load_u8_as_i32(mn, osm), v.broadcast_i32(_sum32(sums16, (t * n_sb + b) * U(8) + j))))
                     da = v.broadcast_f32(ad[t * n_sb + b])
                     acc = v.fma(v.to_f32(s), v.mul(v.load_f16(d, ob), da), acc)
                     acc_min = v.fma(v.to_f32(m), v.mul(v.load_f16(dmin, ob), da), acc_min)
@@ -162,12 +211,22 @@ class PackedQ4KVnni:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         n_tok = x.shape[0]
-        d, q = quantize_q8_K(x)  # (n_tok, n_sb), (n_tok, n_sb, 256)
-        sums32 = q.reshape(n_tok, -1, 32).sum(axis=2, dtype=np.int32)
+        q, d, sums16 = _activations(x)
         out = np.empty((n_tok, self.n_out), np.float32)
-        _mm_q4_k(self.w, self.d, self.dmin, self.sc, self.mn, q.reshape(-1), np.ascontiguousarray(d, np.float32).reshape(-1),
-                 sums32.reshape(-1), self.n_out, self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
+        _mm_q4_k(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok, out.reshape(-1),
+                 _n_chunks(self.n_groups))
         return out
+
+
+def _activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (n_tok, n_in) -> Q8_K codes (n_tok * n_in) int8, scales (n_tok * n_in/256), sums by 16."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n_in = x.shape
+    q = np.empty(n_tok * n_in, np.int8)
+    d = np.empty(n_tok * (n_in // QK), np.float32)
+    sums16 = np.empty(n_tok * (n_in // 16), np.int32)
+    quantize_q8_k(x, q, d, sums16)
+    return q, d, sums16
 
 
 
@@ -358,10 +417,8 @@ class PackedKVnni:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         n_tok = x.shape[0]
-        d, q = quantize_q8_K(x)  # (n_tok, n_sb), (n_tok, n_sb, 256)
-        bs = q.reshape(n_tok, -1, 16).sum(axis=2, dtype=np.int32)
+        q, d, sums16 = _activations(x)
         out = np.empty((n_tok, self.n_out), np.float32)
-        _mm_k(self.w, self.nibbles, self.kind, self.d, self.dmin, self.sc, self.mn, q.reshape(-1),
-              np.ascontiguousarray(d, np.float32).reshape(-1), bs.reshape(-1), n_tok >= 8, self.n_out, self.n_in, n_tok,
-              out.reshape(-1), _n_chunks(self.n_groups))
+        _mm_k(self.w, self.nibbles, self.kind, self.d, self.dmin, self.sc, self.mn, q, d, sums16, n_tok >= 8, self.n_out,
+              self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
         return out
