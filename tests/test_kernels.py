@@ -10,6 +10,10 @@ the kernels compute the product at all, within the rounding error their summatio
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import gguf.quants as gq
@@ -92,21 +96,58 @@ def check(ggml, t, n_out: int, n_in: int, n_tok: int, name: str, repack: bool, s
     assert np.all(np.abs(y - ref) <= bound)
 
 
+_CROSS_CASES = [(T.Q4_0, "blk.0.ffn_up.weight"), (T.Q4_0, "token_embd.weight"), (T.Q4_1, "x"), (T.Q5_0, "x"),
+                (T.Q5_1, "x"), (T.Q4_K, "blk.0.ffn_up.weight"), (T.Q4_K, "token_embd.weight"), (T.Q5_K, "x"), (T.Q6_K, "x")]
+
+
+def cross_products() -> list[np.ndarray]:
+    """Products of every integer-kernel type, repacked or not, at 1, 5 and 9 tokens (40 rows: a
+    partial group)."""
+    outs = []
+    for i, (t, name) in enumerate(_CROSS_CASES):
+        rng = np.random.default_rng(i)
+        raw = random_weights(t, 40, 512, rng)
+        outs += [QTensor(name, t, (40, 512), raw).matmul(activations(n, 512, rng)) for n in (1, 5, 9)]
+    return outs
+
+
+@pytest.mark.parametrize("simd_path", ["avx2", "avx512bw"])
+def test_integer_dots_without_vnni_equal_the_checked_kernels(simd_path, tmp_path):
+    # CPUs without AVX-512 VNNI build the same integer sums from vpmaddubsw/vpmaddwd; this machine
+    # runs those instructions too, in a process that is made to choose them (with its own Numba
+    # cache), and every output must equal the kernels checked against ggml above.
+    from camelid.quant import simd
+
+    if simd.INT8_DOT not in ("vnni", "avx512bw"):
+        pytest.skip("needs a CPU with AVX-512")
+    script = "import sys, numpy as np; sys.path.insert(0, %r); from test_kernels import cross_products; " \
+             "from camelid.quant import simd; assert simd.INT8_DOT == %r; np.savez(%r, *cross_products())" % (
+                 os.path.dirname(__file__), simd_path, str(tmp_path / "out.npz"))
+    env = dict(os.environ, CAMELID_SIMD=simd_path, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+    theirs = np.load(tmp_path / "out.npz")
+    ours = cross_products()
+    assert len(theirs.files) == len(ours)
+    for i, y in enumerate(ours):
+        assert np.array_equal(bits(theirs[f"arr_{i}"]), bits(y)), _CROSS_CASES[i // 3]
+
+
 def test_every_supported_type_has_an_exact_kernel():
     assert set(SUPPORTED_TYPES) == set(QUANT + FLOAT)
     for t in SUPPORTED_TYPES:
         assert registered_kernel(t) is not None, t.name
 
 
-@pytest.fixture(params=["vnni", "portable"])
+@pytest.fixture(params=["int8", "portable"])
 def kernel_path(request, monkeypatch):
-    """Both kernels of the quantized types: VNNI integer dot products (where the CPU has them) and
+    """Both kernels of the quantized types: integer dot products (VNNI here, see simd.INT8_DOT) and
     the portable float32 ones."""
     from camelid.quant import simd
 
-    if request.param == "vnni" and not simd.HAS_VNNI:
-        pytest.skip("this CPU has no AVX-512 VNNI")
-    monkeypatch.setattr(simd, "HAS_VNNI", request.param == "vnni")
+    if request.param == "int8" and simd.INT8_DOT is None:
+        pytest.skip("this CPU has no usable integer dot product instructions")
+    if request.param == "portable":
+        monkeypatch.setattr(simd, "INT8_DOT", None)
     return request.param
 
 

@@ -378,7 +378,7 @@ _CODE_OFFSET = {T.Q4_0: 8, T.Q4_1: 0, T.Q5_0: 16, T.Q5_1: 0, T.Q8_0: 128}  # mak
 
 def _build_q32(w):
     t = w.ggml_type
-    if not simd.HAS_VNNI:
+    if simd.INT8_DOT is None or (t == T.Q8_0 and not simd.BYTE_PRODUCTS_EXACT):
         return PackedQ32(w.raw, t, w.shape[0], w.shape[1], _repacked_by_llama_cpp(w))
     from camelid.quant.kernels_vnni import PackedQ32Vnni
 
@@ -392,7 +392,7 @@ def _build_k(w):
     from camelid.quant.kernels_k import PackedK
 
     repacked = _repacked_by_llama_cpp(w)
-    if not simd.HAS_VNNI:
+    if simd.INT8_DOT is None:
         return PackedK(w.raw, w.ggml_type, w.shape[0], w.shape[1], repacked)
     from camelid.quant.kernels_k_vnni import PackedKVnni, PackedQ4KVnni
 

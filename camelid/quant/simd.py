@@ -1,4 +1,4 @@
-"""AVX-512 vectors as Numba values, for the integer dot-product kernels (kernels_vnni.py).
+"""AVX-512 vectors as Numba values, for the integer dot-product kernels (kernels_vnni.py, kernels_k_vnni.py).
 
 Numba vectorizes loops by itself, but it cannot emit `vpdpbusd`, the AVX-512 VNNI instruction that
 llama.cpp's quantized dot products are built on: 64 products of an unsigned byte with a signed byte,
@@ -7,9 +7,17 @@ registers, `I32x16` (<16 x i32>, also 64 bytes) and `F32x16` (<16 x float>), and
 operations the kernels need, each a line of LLVM IR. Loads and stores take an array and an element
 offset and do no bounds checking.
 
-The float32 operations are plain LLVM vector operations, which compile for any x86-64 CPU (as two
-256-bit halves without AVX-512). `dot_bytes` is the one VNNI instruction: `HAS_VNNI` says whether
-this CPU has it, and no code that uses it may run where it is False (LLVM would fail to compile it).
+The float32 and int32 operations are plain LLVM vector operations, which compile for any x86-64 CPU
+(as two 256-bit halves without AVX-512). `dot_bytes` is the one that needs particular instructions;
+`INT8_DOT` names how this CPU does it:
+- "vnni": `vpdpbusd` (AVX-512 VNNI), exact for any bytes;
+- "avx512bw", "avx2": `vpmaddubsw` (pairs of products, saturated to int16), then `vpmaddwd` by ones
+  and an add, as llama.cpp does without VNNI. Exact while the unsigned bytes are at most 128 (an
+  unsigned byte times -128..127, twice, fits int16): every K-quant and 4- and 5-bit code, not Q8_0's
+  shifted codes (`BYTE_PRODUCTS_EXACT` is False);
+- None: no usable instructions; the kernels of this module must not run.
+The environment variable CAMELID_SIMD (vnni, avx512bw, avx2 or none) overrides the choice, for
+tests; Numba's cache does not know of it, so set NUMBA_CACHE_DIR to a fresh directory with it.
 """
 
 from __future__ import annotations
@@ -35,14 +43,26 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     return raw[skip:skip + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _host_has_vnni() -> bool:
-    if os.environ.get("CAMELID_NO_VNNI"):
-        return False
+_NEEDS = {
+    "vnni": ("avx512f", "avx512bw", "avx512vnni", "f16c", "fma"),
+    "avx512bw": ("avx512f", "avx512bw", "f16c", "fma"),
+    "avx2": ("avx2", "f16c", "fma"),
+}
+
+
+def _int8_dot() -> str | None:
+    forced = os.environ.get("CAMELID_SIMD", "").lower()
+    if forced:
+        return forced if forced in _NEEDS else None
     features = llvm_binding.get_host_cpu_features()
-    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni", "f16c"))
+    for name, needs in _NEEDS.items():
+        if all(features.get(f, False) for f in needs):
+            return name
+    return None
 
 
-HAS_VNNI = _host_has_vnni()
+INT8_DOT = _int8_dot()
+BYTE_PRODUCTS_EXACT = INT8_DOT == "vnni"
 
 _I8 = ir.IntType(8)
 _I16 = ir.IntType(16)
@@ -187,11 +207,31 @@ def zeros_i32(typingctx):
 
 @intrinsic
 def dot_bytes(typingctx, acc, unsigned_bytes, signed_bytes):
-    """`vpdpbusd`: lane i of acc plus the 4 products of bytes 4i..4i+3, unsigned times signed."""
+    """Lane i of acc plus the 4 products of bytes 4i..4i+3, unsigned times signed (see INT8_DOT)."""
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
-                                            "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(fn, [args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8)])
+        acc, u, s = args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8)
+        if INT8_DOT == "vnni":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+            return builder.call(fn, [acc, u, s])
+        width = 64 if INT8_DOT == "avx512bw" else 32  # bytes per instruction
+        prefix = "llvm.x86.avx512." if width == 64 else "llvm.x86.avx2."
+        v_i8 = ir.VectorType(_I8, width)
+        v_i16 = ir.VectorType(_I16, width // 2)
+        v_i32 = ir.VectorType(_I32, width // 4)
+        maddubs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i16, [v_i8, v_i8]),
+                                                 prefix + ("pmaddubs.w.512" if width == 64 else "pmadd.ub.sw"))
+        maddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i32, [v_i16, v_i16]),
+                                                prefix + ("pmaddw.d.512" if width == 64 else "pmadd.wd"))
+        ones = ir.Constant(v_i16, [1] * (width // 2))
+        sums = []
+        for half in range(64 // width):
+            pick = ir.Constant(ir.VectorType(_I32, width), list(range(half * width, (half + 1) * width)))
+            uh = builder.shuffle_vector(u, ir.Constant(_V_I8, None), pick) if width < 64 else u
+            sh = builder.shuffle_vector(s, ir.Constant(_V_I8, None), pick) if width < 64 else s
+            sums.append(builder.call(maddwd, [builder.call(maddubs, [uh, sh]), ones]))
+        total = sums[0] if len(sums) == 1 else builder.shuffle_vector(sums[0], sums[1], ir.Constant(_V_I32, list(range(16))))
+        return builder.add(acc, total)
 
     return I32x16(I32x16, I32x16, I32x16), codegen
 
