@@ -1,4 +1,4 @@
-"""AVX-512 vectors as Numba values, for the integer dot-product kernels (kernels_vnni.py, kernels_k_vnni.py).
+"""512-bit vectors as Numba values, for the integer dot-product kernels (kernels_vnni.py, kernels_k_vnni.py).
 
 Numba vectorizes loops by itself, but it cannot emit `vpdpbusd`, the AVX-512 VNNI instruction that
 llama.cpp's quantized dot products are built on: 64 products of an unsigned byte with a signed byte,
@@ -12,9 +12,9 @@ The float32 and int32 operations are plain LLVM vector operations, which compile
 `INT8_DOT` names how this CPU does it:
 - "vnni": `vpdpbusd` (AVX-512 VNNI), exact for any bytes;
 - "avx512bw", "avx2": `vpmaddubsw` (pairs of products, saturated to int16), then `vpmaddwd` by ones
-  and an add, as llama.cpp does without VNNI. Exact while the unsigned bytes are at most 128 (an
-  unsigned byte times -128..127, twice, fits int16): every K-quant and 4- and 5-bit code, not Q8_0's
-  shifted codes (`BYTE_PRODUCTS_EXACT` is False);
+  and an add, as llama.cpp does without VNNI. Exact while the unsigned bytes are at most 128 (two
+  products with activation codes of -127..127 then fit int16): every K-quant and 4- and 5-bit code,
+  not Q8_0's shifted codes (`BYTE_PRODUCTS_EXACT` is False);
 - None: no usable instructions; the kernels of this module must not run.
 The environment variable CAMELID_SIMD (vnni, avx512bw, avx2 or none) overrides the choice, for
 tests; Numba's cache does not know of it, so set NUMBA_CACHE_DIR to a fresh directory with it.
@@ -94,6 +94,24 @@ F32x16 = _Vector("F32x16")
 register_model(_Vector)(_VectorModel)
 
 
+def _binary(op: str, vector):
+    """A lane-wise operation of two vectors of one type: an llvmlite IRBuilder method name."""
+    @intrinsic
+    def binary(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return vector(vector, vector), codegen
+
+    return binary
+
+
+def _splat(builder, scalar, vector_type):
+    """The scalar in every lane."""
+    lane0 = builder.insert_element(ir.Constant(vector_type, None), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(lane0, ir.Constant(vector_type, None), ir.Constant(_V_I32, [0] * 16))
+
+
 def _address(context, builder, array_type, array, offset_type, offset, pointee):
     """A `pointee*` to element `offset` of a contiguous array."""
     data = context.make_array(array_type)(context, builder, array).data
@@ -119,8 +137,7 @@ def broadcast_bytes4(typingctx, array, offset):
     def codegen(context, builder, sig, args):
         ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _I32)
         word = builder.load(ptr, align=1)
-        return builder.shuffle_vector(builder.insert_element(ir.Constant(_V_I32, None), word, ir.Constant(_I32, 0)),
-                                      ir.Constant(_V_I32, None), ir.Constant(_V_I32, [0] * 16))
+        return _splat(builder, word, _V_I32)
 
     return I32x16(array, offset), codegen
 
@@ -130,8 +147,7 @@ def broadcast_i32(typingctx, value):
     """An int32 scalar in all 16 lanes."""
     def codegen(context, builder, sig, args):
         v = context.cast(builder, args[0], sig.args[0], types.int32)
-        return builder.shuffle_vector(builder.insert_element(ir.Constant(_V_I32, None), v, ir.Constant(_I32, 0)),
-                                      ir.Constant(_V_I32, None), ir.Constant(_V_I32, [0] * 16))
+        return _splat(builder, v, _V_I32)
 
     return I32x16(value), codegen
 
@@ -156,43 +172,11 @@ def load_i8_as_i32(typingctx, array, offset):
     return I32x16(array, offset), codegen
 
 
-@intrinsic
-def load_i32(typingctx, array, offset):
-    """16 int32 values of an int32 array from element `offset`."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
-        return builder.load(ptr, align=4)
-
-    return I32x16(array, offset), codegen
-
-
-@intrinsic
-def store_i32(typingctx, array, offset, v):
-    """Write 16 int32 lanes to an int32 array from element `offset`."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
-        builder.store(args[2], ptr, align=4)
-        return context.get_dummy_value()
-
-    return types.none(array, offset, I32x16), codegen
-
-
-def _binary_i32(op: str):
-    @intrinsic
-    def binary(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, op)(args[0], args[1])
-
-        return I32x16(I32x16, I32x16), codegen
-
-    return binary
-
-
-add_i32 = _binary_i32("add")
+add_i32 = _binary("add", I32x16)
 add_i32.__doc__ = "Lane-wise int32 a + b."
-mul_i32 = _binary_i32("mul")
+mul_i32 = _binary("mul", I32x16)
 mul_i32.__doc__ = "Lane-wise int32 a * b (the low 32 bits)."
-sub_i32 = _binary_i32("sub")
+sub_i32 = _binary("sub", I32x16)
 sub_i32.__doc__ = "Lane-wise int32 a - b."
 
 
@@ -281,8 +265,7 @@ def broadcast_f32(typingctx, value):
     """A float32 scalar in all 16 lanes."""
     def codegen(context, builder, sig, args):
         v = context.cast(builder, args[0], sig.args[0], types.float32)
-        return builder.shuffle_vector(builder.insert_element(ir.Constant(_V_F32, None), v, ir.Constant(_I32, 0)),
-                                      ir.Constant(_V_F32, None), ir.Constant(_V_I32, [0] * 16))
+        return _splat(builder, v, _V_F32)
 
     return F32x16(value), codegen
 
@@ -318,22 +301,11 @@ def store_f32(typingctx, array, offset, v):
     return types.none(array, offset, F32x16), codegen
 
 
-def _binary(op: str):
-    @intrinsic
-    def binary(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, op)(args[0], args[1])
-
-        return F32x16(F32x16, F32x16), codegen
-
-    return binary
-
-
-add = _binary("fadd")
+add = _binary("fadd", F32x16)
 add.__doc__ = "Lane-wise a + b, rounded once."
-mul = _binary("fmul")
+mul = _binary("fmul", F32x16)
 mul.__doc__ = "Lane-wise a * b, rounded once."
-sub = _binary("fsub")
+sub = _binary("fsub", F32x16)
 sub.__doc__ = "Lane-wise a - b, rounded once."
 
 
