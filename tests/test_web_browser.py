@@ -14,7 +14,7 @@ import pytest
 from browser import chromium
 from server_process import ServerProcess, poll
 
-MAX_TOKENS = 8  # greedy reply length in the streaming test: long enough to stream, short on 2 busy cores
+MAX_TOKENS = 16  # greedy reply length in the streaming test: long enough to stream, short on 2 busy cores
 HOSTILE = (
     "Here is code:\n\n<script>window.__pwned = 'script'</script>\n\n"
     "<img src=x onerror=\"window.__pwned = 'img'\"> and [a link](javascript:window.__pwned='link')\n\n"
@@ -136,7 +136,9 @@ def test_chinese_message_streams_the_greedy_reply_and_survives_reload(page, serv
     assert words(page.inner_text(".message.assistant .content")) == words(reply)
 
     partial = page.evaluate("window.__partial")
-    assert len(partial) >= 3, f"the reply did not arrive progressively: {partial}"
+    # at least one render before the last: the engine writes 16 tokens in about 0.1 s here, so the
+    # browser may batch several tokens into one render
+    assert len(partial) >= 2, f"the reply did not arrive progressively: {partial}"
     assert all(words(p) != words(reply) for p in partial[:-1])
     stats = page.inner_text(".message.assistant .stats")
     assert re.search(r"\d+(\.\d)? tokens/s", stats) and f"{MAX_TOKENS} tokens" in stats, stats
