@@ -106,11 +106,19 @@ class LlamaModel:
         return mats
 
     def _prepare_weights(self, show_progress: bool) -> None:
-        """Lay out each weight matrix once for its kernel (the first run also compiles the kernels)."""
+        """Lay out each weight matrix once for its kernel, then run a 2-token and a 1-token step, so
+        that the kernels are compiled (first run) or loaded from Numba's cache now, under the
+        progress bar, rather than in the middle of the first reply."""
         mats = self._products()
         desc = "preparing weights" if kernels_compiled() else "compiling kernels (first run only)"
-        for m in tqdm(mats, desc=desc, unit="tensor", disable=None if show_progress else True, leave=False):
-            m.prepare()
+        with tqdm(total=len(mats) + 2, desc=desc, unit="step", disable=None if show_progress else True, leave=False) as bar:
+            for m in mats:
+                m.prepare()
+                bar.update()
+            cache = self.new_cache(3)
+            for tokens in ([0, 0], [0]):
+                self.forward(tokens, cache, last_only=True)
+                bar.update()
 
     def new_cache(self, n_ctx: int) -> KVCache:
         """An empty KV cache for n_ctx positions."""
