@@ -17,6 +17,11 @@ this machine (tests/test_kernels.py checks every type and batch size against the
 - kernels_k.py: Q4_K, Q5_K, Q6_K (vec_dot, the tiled VNNI kernels, the repacked Q4_K 8x8 kernels).
 - kernels_float.py: F32, F16, BF16 (tinyBLAS and ggml_vec_dot_f32/_f16/_bf16).
 
+The kernels here compute the integer sums with float32 arithmetic on exactly representable integers,
+which any CPU can run. Where the CPU has int8 dot-product instructions (simd.INT8_DOT), the
+quantized types use kernels_vnni.py and kernels_k_vnni.py instead: the same results, bit for bit,
+3-5x faster; `_build_q32` and `_build_k` choose.
+
 Weights are laid out once per tensor (`QTensor.prepare`) interleaved by groups of `R` rows, so that
 the innermost loop runs over R contiguous rows and vectorizes: 4-bit codes two per byte, (n_groups,
 n_in/2, R) (nibbles.py), other codes as int8, (n_groups, n_in, R); block scales and mins keep their

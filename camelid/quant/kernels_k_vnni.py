@@ -1,4 +1,4 @@
-"""K-quant products (Q4_K, Q5_K, Q6_K) on AVX-512 VNNI, bit-identical to kernels_k.py's.
+"""K-quant products (Q4_K, Q5_K, Q6_K) on integer dot products (simd.dot_bytes), bit-identical to kernels_k.py's.
 
 Repacked Q4_K (`_mm_q4_k`, `PackedQ4KVnni`):
 

@@ -1,9 +1,10 @@
-"""The 32-weight-block products (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on AVX-512 VNNI integer dot products.
+"""The 32-weight-block products (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on integer dot products.
 
 Same results as kernels.py's float32 kernels, bit for bit, with the integer sums done the way
-llama.cpp does them: `vpdpbusd` multiplies 4 unsigned weight codes by 4 signed int8 activations and
-adds the products into an int32 lane (simd.py). One vector holds 16 rows, one lane per row, so the
-activations are broadcast and nothing is summed across lanes.
+llama.cpp does them: `vpdpbusd` (AVX-512 VNNI; simd.dot_bytes, which falls back to vpmaddubsw +
+vpmaddwd on AVX2) multiplies 4 unsigned weight codes by 4 signed int8 activations and adds the
+products into an int32 lane. One vector holds 16 rows, one lane per row, so the activations are
+broadcast and nothing is summed across lanes.
 
 Layout, per group of 16 rows (rows padded with zeros to a multiple of 16), 64 bytes per step:
 - 4-bit codes (Q4_0, Q4_1), 8 weights per step: byte (row r, j) of step s holds weight 8s+j in its
