@@ -186,8 +186,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     if n == 1 and d % 64 == 0:
         _attention_one(q16, k16, v16, scale, out)
         return out
-    # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16) flat, so that the
-    # scores of consecutive positions come out of vector operations; values (n_kv, T, d)
+    # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16 + 16) flat, so that
+    # the scores of consecutive positions come out of vector operations; values (n_kv, T16, d)
     t16 = (t + 15) // 16 * 16
     kt = simd.aligned_empty(n_kv * d * (t16 + 16), np.float32)  # rows 16 apart from a power of two: no cache-set conflicts
     v32 = simd.aligned_empty((n_kv, t16, d), np.float32)  # positions padded with zeros to t16
@@ -212,8 +212,8 @@ def _round_f16_all(x, out):
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _widen_kv(k16, v16, kt, v32):
-    """float16 bits -> float32: values as they are (n_kv, T, d) into v32 (n_kv, >= T, d), keys transposed to flat
-    (n_kv, d, T16) through a tile of 16 positions (read by rows, written by columns)."""
+    """float16 bits -> float32: values as they are into v32 (n_kv, >= T, d), keys transposed into kt,
+    flat (n_kv, d, row stride >= T16), through a tile of 16 positions (read by rows, written by columns)."""
     t_len, n_kv, d = k16.shape
     t_alloc = v32.shape[1]
     ud = U(d)
