@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from camelid.quant import simd as v
 from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
-from camelid.quant.kernels_vnni import ROWS, _n_chunks, _rows_interleaved, _step_codes, _steps_interleaved, _store_rows
+from camelid.quant.kernels_vnni import ROWS, _n_chunks, _rows_interleaved, _step_codes, _steps_interleaved, _store_rows, pack_nibble_codes
 
 U = np.uint64
 QK = 256
@@ -194,14 +194,12 @@ class PackedQ4KVnni:
         self.dmin = v.aligned_empty(n_groups * n_sb * ROWS, np.uint16)
         self.sc = v.aligned_empty(n_groups * n_sb * 8 * ROWS, np.uint8)
         self.mn = v.aligned_empty(n_groups * n_sb * 8 * ROWS, np.uint8)
+        pack_nibble_codes(np.ascontiguousarray(raw), dtype.itemsize, dtype.fields["qs"][1], True, self.w)
         for r0 in range(0, n_out, PACK_ROWS):
             r1 = min(n_out, r0 + PACK_ROWS)
             g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
             rows = r1 - r0
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
-            qs = recs["qs"].reshape(-1, 4, 1, 32)  # weights 64c..64c+31: low nibbles of bytes 32c.., then the high
-            codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(rows, n_in)
-            self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0, True)
             for name, target in (("d", self.d), ("dmin", self.dmin)):
                 target[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs[name].view(np.uint16).reshape(rows, n_sb), g1 - g0)
             sc, mn = k_scales_mins(recs["scales"])
@@ -397,13 +395,16 @@ class PackedKVnni:
         self.dmin = v.aligned_empty(n_groups * n_sb * ROWS if self.kind != 6 else 0, np.uint16)
         self.sc = v.aligned_empty(n_groups * n_sb * n_sub * ROWS, np.int8 if self.kind == 6 else np.uint8)
         self.mn = v.aligned_empty(n_groups * n_sb * 8 * ROWS if self.kind != 6 else 0, np.uint8)
+        if self.nibbles:
+            pack_nibble_codes(np.ascontiguousarray(raw), dtype.itemsize, dtype.fields["qs"][1], True, self.w)
         for r0 in range(0, n_out, PACK_ROWS):
             r1 = min(n_out, r0 + PACK_ROWS)
             g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
             rows = r1 - r0
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
-            codes = _unpack(recs, t)[0].reshape(rows, n_in)
-            self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0, self.nibbles)
+            if not self.nibbles:
+                codes = _unpack(recs, t)[0].reshape(rows, n_in)
+                self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0, False)
             self.d[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(rows, n_sb), g1 - g0)
             if self.kind == 6:
                 sc = recs["scales"]

@@ -212,44 +212,41 @@ def _steps_interleaved(codes: np.ndarray, n_groups: int, nibbles: bool) -> np.nd
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _pack_nibble_blocks(raw, type_size, qs_at, has_min, w, d, m):
-    """Q4_0 / Q4_1 blocks, raw (n_out, n_blocks * type_size) bytes, into the module's layout: w the
-    codes, d and m the float16 bits of the scales and mins (at bytes 0 and 2 of a block); padding rows
-    of the last group zero. In a block, weight i < 16 is the low nibble of byte qs_at + i, weight
-    16 + i its high nibble."""
+def pack_nibble_codes(raw, type_size, qs_at, k_quant, w):
+    """The 4-bit codes of Q4_0 / Q4_1 / Q4_K blocks, raw (n_out, n_blocks * type_size) bytes, into
+    the module's step layout w (padding rows of the last group zero). In a Q4_0/Q4_1 block, weight
+    i < 16 is the low nibble of code byte i, weight 16 + i its high nibble; in a Q4_K block, weight
+    64c + i (i < 32) is the low nibble of code byte 32c + i, weight 64c + 32 + i its high nibble."""
     n_out, row_bytes = raw.shape
     n_blocks = row_bytes // type_size
+    block_weights = 256 if k_quant else 32
+    n_in = n_blocks * block_weights
     n_groups = (n_out + ROWS - 1) // ROWS
-    group_bytes = n_blocks * 16 * ROWS
+    group_bytes = n_in // 2 * ROWS
     for g in prange(n_groups):
         for r in range(ROWS):
             row = g * ROWS + r
-            for b in range(n_blocks):
-                o = b * type_size
-                ds = (g * n_blocks + b) * ROWS + r
-                if row < n_out:
-                    d[ds] = np.uint16(raw[row, o]) | (np.uint16(raw[row, o + 1]) << np.uint16(8))
-                    if has_min:
-                        m[ds] = np.uint16(raw[row, o + 2]) | (np.uint16(raw[row, o + 3]) << np.uint16(8))
-                else:
-                    d[ds] = 0
-                    if has_min:
-                        m[ds] = 0
-                for s in range(4):  # the block's 8-weight steps: weights 8s..8s+7
-                    wo = g * group_bytes + (b * 4 + s) * 64 + r * 4
-                    for j in range(4):
-                        if row < n_out:
-                            lo = _nibble_code(raw, row, o + qs_at, 8 * s + j)
-                            hi = _nibble_code(raw, row, o + qs_at, 8 * s + 4 + j)
-                            w[wo + j] = lo | (hi << np.uint8(4))
-                        else:
-                            w[wo + j] = 0
+            for s in range(n_in // 8):  # the row's 8-weight steps
+                wo = g * group_bytes + s * 64 + r * 4
+                for j in range(4):
+                    if row < n_out:
+                        w[wo + j] = _nibble(raw, row, type_size, qs_at, k_quant, 8 * s + j) | (
+                            _nibble(raw, row, type_size, qs_at, k_quant, 8 * s + 4 + j) << np.uint8(4))
+                    else:
+                        w[wo + j] = 0
 
 
 @njit(cache=True, inline="always")
-def _nibble_code(raw, row, qs, i):
-    """Code i (0..31) of the Q4 block whose 16 code bytes start at raw[row, qs]."""
-    return raw[row, qs + i] & np.uint8(0x0F) if i < 16 else raw[row, qs + i - 16] >> np.uint8(4)
+def _nibble(raw, row, type_size, qs_at, k_quant, i):
+    """Code of weight i of a row of 4-bit blocks (see pack_nibble_codes)."""
+    if k_quant:
+        b, k = i // 256, i % 256
+        byte, high = qs_at + 32 * (k // 64) + k % 32, k % 64 >= 32
+    else:
+        b, k = i // 32, i % 32
+        byte, high = qs_at + k % 16, k >= 16
+    v = raw[row, b * type_size + byte]
+    return v >> np.uint8(4) if high else v & np.uint8(0x0F)
 
 
 class PackedQ32Vnni:
@@ -266,16 +263,16 @@ class PackedQ32Vnni:
         self.d = v.aligned_empty(n_groups * n_blocks * ROWS, np.uint16)
         self.m = v.aligned_empty(n_groups * n_blocks * ROWS if has_min else 0, np.uint16)
         if nibbles:
-            _pack_nibble_blocks(np.ascontiguousarray(raw), bt.type_size, 4 if has_min else 2, has_min, self.w, self.d, self.m)
-        else:
-            for r0 in range(0, n_out, PACK_ROWS):
-                r1 = min(n_out, r0 + PACK_ROWS)
-                g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
-                recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(bt.dtype)
+            pack_nibble_codes(np.ascontiguousarray(raw), bt.type_size, bt.dtype.fields["qs"][1], False, self.w)
+        for r0 in range(0, n_out, PACK_ROWS):
+            r1 = min(n_out, r0 + PACK_ROWS)
+            g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
+            recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(bt.dtype)
+            if not nibbles:
                 self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes_u8(recs).reshape(r1 - r0, n_in), g1 - g0, False)
-                self.d[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
-                if has_min:
-                    self.m[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
+            self.d[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
+            if has_min:
+                self.m[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
         self.n_out, self.n_in = n_out, n_in
         self.lanes = 1 if repacked_q4_0 else 8
         self.copies_weights = True
