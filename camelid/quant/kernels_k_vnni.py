@@ -180,42 +180,6 @@ def _mm_q4_k(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chun
                 _store_rows(out, t * uout + row0, n_valid, v.sub(acc, acc_min), tmp)
 
 
-class PackedQ4KVnni:
-    """A Q4_K matrix that llama.cpp repacks, laid out for `_mm_q4_k`."""
-
-    def __init__(self, raw: np.ndarray, n_out: int, n_in: int):
-        dtype = BLOCK_TYPES[GGMLQuantizationType.Q4_K].dtype
-        n_sb = n_in // QK
-        self.n_out, self.n_in = n_out, n_in
-        self.n_groups = n_groups = (n_out + ROWS - 1) // ROWS
-        group_bytes = n_in // 2 * ROWS
-        self.w = v.aligned_empty(n_groups * group_bytes, np.uint8)
-        self.d = v.aligned_empty(n_groups * n_sb * ROWS, np.uint16)
-        self.dmin = v.aligned_empty(n_groups * n_sb * ROWS, np.uint16)
-        self.sc = v.aligned_empty(n_groups * n_sb * 8 * ROWS, np.uint8)
-        self.mn = v.aligned_empty(n_groups * n_sb * 8 * ROWS, np.uint8)
-        pack_nibble_codes(np.ascontiguousarray(raw), dtype.itemsize, dtype.fields["qs"][1], True, self.w)
-        for r0 in range(0, n_out, PACK_ROWS):
-            r1 = min(n_out, r0 + PACK_ROWS)
-            g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
-            rows = r1 - r0
-            recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
-            for name, target in (("d", self.d), ("dmin", self.dmin)):
-                target[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs[name].view(np.uint16).reshape(rows, n_sb), g1 - g0)
-            sc, mn = k_scales_mins(recs["scales"])
-            self.sc[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = _rows_interleaved(sc.reshape(rows, n_sb * 8), g1 - g0)
-            self.mn[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = _rows_interleaved(mn.reshape(rows, n_sb * 8), g1 - g0)
-        self.copies_weights = True
-
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        n_tok = x.shape[0]
-        q, d, sums16 = _activations(x)
-        out = np.empty((n_tok, self.n_out), np.float32)
-        _mm_q4_k(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok, out.reshape(-1),
-                 _n_chunks(self.n_groups))
-        return out
-
-
 def _activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x (n_tok, n_in) -> Q8_K codes (n_tok * n_in) int8, scales (n_tok * n_in/256), sums by 16."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -404,7 +368,7 @@ class PackedKVnni:
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(dtype)
             if not self.nibbles:
                 codes = _unpack(recs, t)[0].reshape(rows, n_in)
-                self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0, False)
+                self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0)
             self.d[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(rows, n_sb), g1 - g0)
             if self.kind == 6:
                 sc = recs["scales"]
@@ -422,4 +386,19 @@ class PackedKVnni:
         out = np.empty((n_tok, self.n_out), np.float32)
         _mm_k(self.w, self.nibbles, self.kind, self.d, self.dmin, self.sc, self.mn, q, d, sums16, n_tok >= 8, self.n_out,
               self.n_in, n_tok, out.reshape(-1), _n_chunks(self.n_groups))
+        return out
+
+
+class PackedQ4KVnni(PackedKVnni):
+    """A Q4_K matrix that llama.cpp repacks: PackedKVnni's layout, multiplied by `_mm_q4_k`."""
+
+    def __init__(self, raw: np.ndarray, n_out: int, n_in: int):
+        super().__init__(raw, GGMLQuantizationType.Q4_K, n_out, n_in)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        n_tok = x.shape[0]
+        q, d, sums16 = _activations(x)
+        out = np.empty((n_tok, self.n_out), np.float32)
+        _mm_q4_k(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok, out.reshape(-1),
+                 _n_chunks(self.n_groups))
         return out

@@ -198,16 +198,13 @@ def _rows_interleaved(a: np.ndarray, n_groups: int) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(n_groups, ROWS, k).transpose(0, 2, 1)).reshape(-1)
 
 
-def _steps_interleaved(codes: np.ndarray, n_groups: int, nibbles: bool) -> np.ndarray:
-    """(n_out, n_in) uint8 codes -> the flat step layout of the module docstring."""
+def _steps_interleaved(codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_out, n_in) uint8 byte codes -> the flat step layout of the module docstring (4-bit codes
+    go through pack_nibble_codes instead)."""
     n_out, n_in = codes.shape
     full = np.zeros((n_groups * ROWS, n_in), np.uint8)
     full[:n_out] = codes
-    if nibbles:
-        c = full.reshape(n_groups, ROWS, n_in // 8, 2, 4)  # (group, row, step, half, j)
-        steps = c[:, :, :, 0, :] | (c[:, :, :, 1, :] << 4)
-    else:
-        steps = full.reshape(n_groups, ROWS, n_in // 4, 4)
+    steps = full.reshape(n_groups, ROWS, n_in // 4, 4)  # (group, row, step, j)
     return np.ascontiguousarray(steps.transpose(0, 2, 1, 3)).reshape(-1)
 
 
@@ -269,7 +266,7 @@ class PackedQ32Vnni:
             g0, g1 = r0 // ROWS, (r1 + ROWS - 1) // ROWS
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(bt.dtype)
             if not nibbles:
-                self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes_u8(recs).reshape(r1 - r0, n_in), g1 - g0, False)
+                self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes_u8(recs).reshape(r1 - r0, n_in), g1 - g0)
             self.d[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
             if has_min:
                 self.m[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
