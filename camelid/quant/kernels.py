@@ -286,12 +286,12 @@ def _mm_q32_lanes1(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chu
                         out[t * uout + row] = acc[r]
 
 
-def _interleave(a: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n_out, k) -> flat (n_groups, k, R), rows padded with zeros to n_groups * R."""
+def interleave_rows(a: np.ndarray, n_groups: int, rows: int = R) -> np.ndarray:
+    """(n_out, k) -> flat (n_groups, k, rows), rows padded with zeros to n_groups * rows."""
     n_out, k = a.shape
-    full = np.zeros((n_groups * R, k), dtype=a.dtype)
+    full = np.zeros((n_groups * rows, k), dtype=a.dtype)
     full[:n_out] = a
-    return np.ascontiguousarray(full.reshape(n_groups, R, k).transpose(0, 2, 1)).reshape(-1)
+    return np.ascontiguousarray(full.reshape(n_groups, rows, k).transpose(0, 2, 1)).reshape(-1)
 
 
 def _codes_q32(recs: np.ndarray, t: GGMLQuantizationType) -> np.ndarray:
@@ -339,12 +339,12 @@ class PackedQ32:
             codes = _codes_q32(recs, t).reshape(r1 - r0, n_in)
             if self.nibbles:
                 packed = pack_nibbles(codes.view(np.uint8) + np.uint8(self.off))
-                self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = _interleave(packed, g1 - g0)
+                self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = interleave_rows(packed, g1 - g0)
             else:
-                self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes, g1 - g0)
-            self.d[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
+                self.q[g0 * n_in * R:g1 * n_in * R] = interleave_rows(codes, g1 - g0)
+            self.d[g0 * n_blocks * R:g1 * n_blocks * R] = interleave_rows(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
             if self.has_min:
-                self.m[g0 * n_blocks * R:g1 * n_blocks * R] = _interleave(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
+                self.m[g0 * n_blocks * R:g1 * n_blocks * R] = interleave_rows(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
         self.t = t
         self.n_out, self.n_in = n_out, n_in
         self.lanes = 1 if repacked_q4_0 else 8

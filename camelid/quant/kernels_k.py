@@ -30,6 +30,7 @@ from numba import njit, prange
 from camelid.quant.activations import quantize_q8_K
 from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
 from camelid.quant.ggml_math import fma32, hsum8
+from camelid.quant.kernels import interleave_rows
 from camelid.quant.nibbles import acts4, load4, pack_nibbles
 
 T = GGMLQuantizationType
@@ -223,14 +224,6 @@ def _mm_k_parallel(q, p, nibbles, d, dmin, sc, mn, kind, modes, aq, ad, abs16, n
               aq, ad, abs16, min(n_out - g0 * R, (g1 - g0) * R), n_in, out[:, g0 * R:], 1, summs_fma, out_fma)
 
 
-def _interleave(a: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n_rows, k) -> flat (n_groups, k, R), rows padded with zeros to n_groups * R."""
-    n_rows, k = a.shape
-    full = np.zeros((n_groups * R, k), dtype=a.dtype)
-    full[:n_rows] = a
-    return np.ascontiguousarray(full.reshape(n_groups, R, k).transpose(0, 2, 1)).reshape(-1)
-
-
 def _unpack(recs: np.ndarray, t: GGMLQuantizationType):
     """(n,) K-quant records -> codes (n, 256) uint8, d, dmin (n,), scales (n, n_sub), mins (n, 8)."""
     n = len(recs)
@@ -278,14 +271,14 @@ class PackedK:
             rows = r1 - r0
             if self.nibbles:
                 packed = pack_nibbles(codes.reshape(rows, n_in))
-                self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = _interleave(packed, g1 - g0)
+                self.p[g0 * n_in // 2 * R:g1 * n_in // 2 * R] = interleave_rows(packed, g1 - g0)
             else:
-                self.q[g0 * n_in * R:g1 * n_in * R] = _interleave(codes.reshape(rows, n_in).astype(np.int8), g1 - g0)
-            self.d[g0 * n_sb * R:g1 * n_sb * R] = _interleave(d.reshape(rows, n_sb), g1 - g0)
-            self.dmin[g0 * n_sb * R:g1 * n_sb * R] = _interleave(dmin.reshape(rows, n_sb), g1 - g0)
-            self.sc[g0 * n_sb * n_sub * R:g1 * n_sb * n_sub * R] = _interleave(sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0)
+                self.q[g0 * n_in * R:g1 * n_in * R] = interleave_rows(codes.reshape(rows, n_in).astype(np.int8), g1 - g0)
+            self.d[g0 * n_sb * R:g1 * n_sb * R] = interleave_rows(d.reshape(rows, n_sb), g1 - g0)
+            self.dmin[g0 * n_sb * R:g1 * n_sb * R] = interleave_rows(dmin.reshape(rows, n_sb), g1 - g0)
+            self.sc[g0 * n_sb * n_sub * R:g1 * n_sb * n_sub * R] = interleave_rows(sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0)
             if t != T.Q6_K:
-                self.mn[g0 * n_sb * 8 * R:g1 * n_sb * 8 * R] = _interleave(mn.reshape(rows, n_sb * 8).astype(np.uint8), g1 - g0)
+                self.mn[g0 * n_sb * 8 * R:g1 * n_sb * 8 * R] = interleave_rows(mn.reshape(rows, n_sb * 8).astype(np.uint8), g1 - g0)
 
     def modes(self, n_tok: int) -> np.ndarray:
         """The llama.cpp code path for each of n_tok activation rows."""

@@ -29,7 +29,8 @@ from numba import njit, prange
 
 from camelid.quant import simd as v
 from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
-from camelid.quant.kernels_vnni import ROWS, _n_chunks, _rows_interleaved, _step_codes, _steps_interleaved, _store_rows, pack_nibble_codes
+from camelid.quant.kernels import interleave_rows
+from camelid.quant.kernels_vnni import ROWS, _n_chunks, _step_codes, _steps_interleaved, _store_rows, pack_nibble_codes
 
 U = np.uint64
 QK = 256
@@ -369,15 +370,15 @@ class PackedKVnni:
             if not self.nibbles:
                 codes = _unpack(recs, t)[0].reshape(rows, n_in)
                 self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes, g1 - g0)
-            self.d[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(rows, n_sb), g1 - g0)
+            self.d[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = interleave_rows(recs["d"].view(np.uint16).reshape(rows, n_sb), g1 - g0, ROWS)
             if self.kind == 6:
                 sc = recs["scales"]
             else:
-                self.dmin[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = _rows_interleaved(recs["dmin"].view(np.uint16).reshape(rows, n_sb), g1 - g0)
+                self.dmin[g0 * n_sb * ROWS:g1 * n_sb * ROWS] = interleave_rows(recs["dmin"].view(np.uint16).reshape(rows, n_sb), g1 - g0, ROWS)
                 sc, mn = k_scales_mins(recs["scales"])
-                self.mn[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = _rows_interleaved(mn.reshape(rows, n_sb * 8), g1 - g0)
-            self.sc[g0 * n_sb * n_sub * ROWS:g1 * n_sb * n_sub * ROWS] = _rows_interleaved(
-                sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0)
+                self.mn[g0 * n_sb * 8 * ROWS:g1 * n_sb * 8 * ROWS] = interleave_rows(mn.reshape(rows, n_sb * 8), g1 - g0, ROWS)
+            self.sc[g0 * n_sb * n_sub * ROWS:g1 * n_sb * n_sub * ROWS] = interleave_rows(
+                sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0, ROWS)
         self.copies_weights = True
 
     def matmul(self, x: np.ndarray) -> np.ndarray:

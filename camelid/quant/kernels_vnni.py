@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from camelid.quant import simd as v
 from camelid.quant.blocks import BLOCK_TYPES
-from camelid.quant.kernels import _quantize_q8
+from camelid.quant.kernels import _quantize_q8, interleave_rows
 
 U = np.uint64
 ROWS = 16  # rows per group: one int32 lane each
@@ -190,14 +190,6 @@ def _mm_lanes8(w, nibbles, d, m, has_min, aq, ad, as_, sums4, n_out, n_in, n_tok
                 _store_rows(out, t * uout + row0, n_valid, total, tmp)
 
 
-def _rows_interleaved(a: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n_out, k) -> flat (n_groups, k, 16), rows padded with zeros to n_groups * 16."""
-    n_out, k = a.shape
-    full = np.zeros((n_groups * ROWS, k), dtype=a.dtype)
-    full[:n_out] = a
-    return np.ascontiguousarray(full.reshape(n_groups, ROWS, k).transpose(0, 2, 1)).reshape(-1)
-
-
 def _steps_interleaved(codes: np.ndarray, n_groups: int) -> np.ndarray:
     """(n_out, n_in) uint8 byte codes -> the flat step layout of the module docstring (4-bit codes
     go through pack_nibble_codes instead)."""
@@ -267,9 +259,9 @@ class PackedQ32Vnni:
             recs = np.ascontiguousarray(raw[r0:r1]).reshape(-1).view(bt.dtype)
             if not nibbles:
                 self.w[g0 * group_bytes:g1 * group_bytes] = _steps_interleaved(codes_u8(recs).reshape(r1 - r0, n_in), g1 - g0)
-            self.d[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
+            self.d[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = interleave_rows(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0, ROWS)
             if has_min:
-                self.m[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = _rows_interleaved(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0)
+                self.m[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = interleave_rows(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0, ROWS)
         self.n_out, self.n_in = n_out, n_in
         self.lanes = 1 if repacked_q4_0 else 8
         self.copies_weights = True
