@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import mmap
 import os
 import struct
@@ -22,6 +23,8 @@ from camelid.errors import CamelidError
 GGUF_MAGIC = b"GGUF"
 # Magics of the 2023 formats, as the bytes start the file (uint32 little-endian on disk).
 LEGACY_MAGICS = {b"lmgg": "ggml (unversioned)", b"fmgg": "ggmf", b"tjgg": "ggjt"}
+GGML_MAX_DIMS = 4
+INT64_MAX = (1 << 63) - 1  # ggml's tensor sizes are int64
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ def _parse(path: str, buf) -> tuple[int, dict[str, Any], list[tuple[str, list[in
     for _ in range(n_tensors):
         name = p.string()
         n_dims = p._take("<I")
+        if not 1 <= n_dims <= GGML_MAX_DIMS:
+            raise CamelidError(f"{path}: tensor {name} has {n_dims} dimensions; GGUF allows 1 to {GGML_MAX_DIMS}. The file is corrupt.")
         ne = [p._take("<Q") for _ in range(n_dims)]
         ggml_type, offset = p._take("<IQ")
         infos.append((name, ne, ggml_type, offset))
@@ -192,11 +197,13 @@ def _tensor_info(path: str, buf, data_start: int, name: str, ne: list[int], type
     except ValueError:
         raise CamelidError(f"{path}: tensor {name} has an unknown type id {type_id}; this file may need a newer camelid.") from None
     shape = tuple(int(n) for n in reversed(ne))
+    if max(shape) > INT64_MAX or math.prod(shape) > INT64_MAX:
+        raise CamelidError(f"{path}: tensor {name} has shape {shape}, more elements than GGML can index; the file is corrupt.")
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     if shape[-1] % block_size:
         raise CamelidError(f"{path}: tensor {name} has {shape[-1]} columns, not a multiple of the {ggml_type.name} block size {block_size}.")
     row_bytes = shape[-1] // block_size * type_size
-    n_rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    n_rows = math.prod(shape[:-1])
     start = data_start + offset
     if start + n_rows * row_bytes > len(buf):
         raise CamelidError(f"{path} is truncated: tensor {name} ends past the end of the file. Download or convert it again.")

@@ -1,9 +1,14 @@
-"""The model's hyper-parameters, read once from GGUF metadata into a frozen dataclass."""
+"""The model's hyper-parameters, read once from GGUF metadata into a frozen dataclass.
+
+Every value that sizes a buffer or indexes memory is checked here, against the others and against
+the shape of token_embd, before any kernel sees it: the kernels run without bounds checks.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from camelid.errors import CamelidError
 
@@ -11,6 +16,8 @@ SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 # Architectures whose GGUF q/k weights expect the NeoX RoPE layout (rotate x[i] with x[i + d/2]);
 # the others use the "normal" layout (rotate x[2i] with x[2i+1]), as llama.cpp's llama_model_rope_type.
 NEOX_ROPE_ARCHITECTURES = ("qwen2",)
+# No real model comes near this in any size; it keeps every product of sizes well inside int64.
+MAX_SIZE = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -39,48 +46,122 @@ class Config:
         return self.n_head // self.n_head_kv
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any], tensor_names: set[str], path: str = "model") -> "Config":
-        """Build the config from GGUF metadata, raising CamelidError for what camelid cannot run."""
+    def from_metadata(cls, meta: dict[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]], path: str = "model") -> "Config":
+        """Build the config from GGUF metadata and the file's tensor shapes (name -> shape, rows first).
+
+        Raises CamelidError for what camelid cannot run: an unsupported architecture, a missing key,
+        a value of the wrong type or out of range, values that do not fit together (heads that do
+        not divide, RoPE dimensions beyond the head), or a vocabulary size that disagrees with
+        token_embd, output or the tokenizer's token list.
+        """
         arch = meta.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise CamelidError(
                 f"{path}: architecture {arch!r} is not supported; camelid runs {', '.join(SUPPORTED_ARCHITECTURES)} "
                 "(LLaMA 1/2/3, Mistral, SmolLM2, Chinese-LLaMA/Alpaca, Qwen 1.5/2/2.5)."
             )
-
-        def key(name: str, default: Any = None) -> Any:
-            value = meta.get(f"{arch}.{name}", default)
-            if value is None:
-                raise CamelidError(f"{path}: metadata key {arch}.{name} is missing; the file is incomplete. Convert it again.")
-            return value
-
-        n_embd = int(key("embedding_length"))
-        n_head = int(key("attention.head_count"))
-        n_head_kv = int(key("attention.head_count_kv", n_head))
-        head_dim = int(key("attention.key_length", n_embd // n_head))
-        if n_head_kv <= 0 or n_head % n_head_kv:
-            raise CamelidError(f"{path}: {n_head} query heads cannot be grouped over {n_head_kv} key/value heads.")
+        read = _MetadataReader(meta, arch, path)
+        n_embd = read.size("embedding_length")
+        n_head = read.size("attention.head_count")
+        n_head_kv = read.size("attention.head_count_kv", n_head)
+        if n_head % n_head_kv:
+            read.fail(f"{n_head} query heads ({arch}.attention.head_count) cannot be grouped over {n_head_kv} key/value heads "
+                      f"({arch}.attention.head_count_kv)")
+        if f"{arch}.attention.key_length" not in meta and n_embd % n_head:
+            read.fail(f"the embedding length {n_embd} is not a multiple of the {n_head} heads, and {arch}.attention.key_length is not given")
+        head_dim = read.size("attention.key_length", n_embd // n_head)
+        if read.size("attention.value_length", head_dim) != head_dim:
+            read.fail(f"{arch}.attention.value_length differs from the head size {head_dim}; camelid needs keys and values of one size")
+        rope_dim = read.size("rope.dimension_count", head_dim)
+        if rope_dim % 2 or rope_dim > head_dim:
+            read.fail(f"{arch}.rope.dimension_count is {rope_dim}; it must be even and at most the head size {head_dim}")
         scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
-        rope_scale = float(meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear", 1.0)) or 1.0)
+        rope_scale = read.number("rope.scaling.factor", read.number("rope.scale_linear", 1.0)) or 1.0
         if scaling_type not in ("none", "linear") and rope_scale != 1.0:
             raise CamelidError(f"{path}: RoPE scaling {scaling_type!r} is not supported yet; camelid supports linear scaling.")
-        if "token_embd.weight" not in tensor_names:
-            raise CamelidError(f"{path}: tensor token_embd.weight is missing; the file is incomplete.")
-        n_vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ())) or None
+        if rope_scale < 0:
+            read.fail(f"the RoPE scaling factor is {rope_scale}; it must be positive")
+        rope_base = read.number("rope.freq_base", 10000.0)
+        if rope_base <= 0:
+            read.fail(f"{arch}.rope.freq_base is {rope_base}; it must be positive")
+        rms_eps = read.number("attention.layer_norm_rms_epsilon", 1e-5)
+        if rms_eps < 0:
+            read.fail(f"{arch}.attention.layer_norm_rms_epsilon is {rms_eps}; it must not be negative")
         return cls(
             arch=arch,
-            n_vocab=int(n_vocab) if n_vocab else 0,
+            n_vocab=_vocab_size(read, tensor_shapes, n_embd),
             n_embd=n_embd,
-            n_layer=int(key("block_count")),
+            n_layer=read.size("block_count"),
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
-            n_ff=int(key("feed_forward_length")),
-            n_ctx_train=int(key("context_length", 2048)),
-            rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_base=float(key("rope.freq_base", 10000.0)),
-            rope_dim=int(key("rope.dimension_count", head_dim)),
+            n_ff=read.size("feed_forward_length"),
+            n_ctx_train=read.size("context_length", 2048),
+            rms_eps=rms_eps,
+            rope_base=rope_base,
+            rope_dim=rope_dim,
             rope_scale=rope_scale,
             rope_neox=arch in NEOX_ROPE_ARCHITECTURES,
-            tied_output="output.weight" not in tensor_names,
+            tied_output="output.weight" not in tensor_shapes,
         )
+
+
+class _MetadataReader:
+    """Typed reads of one architecture's `{arch}.*` keys; every failure is a CamelidError naming the file."""
+
+    def __init__(self, meta: Mapping[str, Any], arch: str, path: str):
+        self.meta, self.arch, self.path = meta, arch, path
+
+    def fail(self, problem: str):
+        raise CamelidError(f"{self.path}: {problem}; the file's metadata is corrupt. Convert or download the model again.")
+
+    def _get(self, name: str, default: Any) -> Any:
+        value = self.meta.get(f"{self.arch}.{name}", default)
+        if value is None:
+            raise CamelidError(f"{self.path}: metadata key {self.arch}.{name} is missing; the file is incomplete. Convert it again.")
+        return value
+
+    def size(self, name: str, default: int | None = None) -> int:
+        """A whole number from 1 to MAX_SIZE (a count or a dimension)."""
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{self.arch}.{name} is {_show(value)}, not a whole number")
+        if not 1 <= value <= MAX_SIZE:
+            self.fail(f"{self.arch}.{name} is {value}, outside 1..{MAX_SIZE}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        """A finite real number."""
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(f"{self.arch}.{name} is {_show(value)}, not a finite number")
+        return float(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _vocab_size(read: _MetadataReader, tensor_shapes: Mapping[str, tuple[int, ...]], n_embd: int) -> int:
+    """Rows of token_embd, checked against output.weight, {arch}.vocab_size and the tokenizer's token list."""
+    shape = tensor_shapes.get("token_embd.weight")
+    if shape is None:
+        raise CamelidError(f"{read.path}: tensor token_embd.weight is missing; the file is incomplete.")
+    shape = tuple(shape)
+    if len(shape) != 2 or shape[1] != n_embd or not 1 <= shape[0] <= MAX_SIZE:
+        read.fail(f"token_embd.weight has shape {shape}, not (n_vocab, {n_embd}) for the embedding length {n_embd}")
+    n_vocab = shape[0]
+    output = tensor_shapes.get("output.weight")
+    if output is not None and tuple(output) != shape:
+        read.fail(f"output.weight has shape {tuple(output)}, not {shape} as token_embd.weight")
+    if read.size("vocab_size", n_vocab) != n_vocab:
+        read.fail(f"{read.arch}.vocab_size is {read.meta[read.arch + '.vocab_size']} but token_embd.weight has {n_vocab} rows")
+    tokens = read.meta.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return n_vocab
+    if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+        read.fail("tokenizer.ggml.tokens is not a list of texts")
+    if len(tokens) != n_vocab:
+        read.fail(f"the tokenizer lists {len(tokens)} tokens (tokenizer.ggml.tokens) but token_embd.weight has {n_vocab} rows")
+    return n_vocab

@@ -46,8 +46,8 @@ class LlamaModel:
     """A loaded network: config, weights in their file types, and forward()."""
 
     def __init__(self, gguf: GGUFFile, show_progress: bool = True):
-        self.config = config = Config.from_metadata(gguf.metadata, set(gguf.tensors), gguf.path)
         tensors = gguf.tensors
+        self.config = config = Config.from_metadata(gguf.metadata, {name: t.shape for name, t in tensors.items()}, gguf.path)
         self._path = gguf.path
 
         def matrix(name: str, shape: tuple[int, int]) -> QTensor:
@@ -61,11 +61,8 @@ class LlamaModel:
 
         c = config
         q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
-        n_vocab = tensors["token_embd.weight"].shape[0]
+        n_vocab = self.n_vocab = c.n_vocab
         self.token_embd = matrix("token_embd.weight", (n_vocab, c.n_embd))
-        if c.n_vocab and c.n_vocab != n_vocab:
-            raise CamelidError(f"{gguf.path}: token_embd has {n_vocab} rows but the metadata says the vocabulary has {c.n_vocab} tokens.")
-        self.n_vocab = n_vocab
         self.output_norm = vector("output_norm.weight", c.n_embd)
         self.output = self.token_embd if c.tied_output else matrix("output.weight", (n_vocab, c.n_embd))
         self.blocks: list[Block] = []
@@ -85,17 +82,19 @@ class LlamaModel:
                 ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)),
                 ffn_down=matrix(p + "ffn_down.weight", (c.n_embd, c.n_ff)),
             ))
+            b = self.blocks[-1]
+            if len({b.attn_q_bias is None, b.attn_k_bias is None, b.attn_v_bias is None}) > 1:
+                raise CamelidError(f"{gguf.path}: layer {i} has some of the attn_q/attn_k/attn_v biases but not all; the file is inconsistent.")
         freq_factors = vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
         self.rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, freq_factors)
         self._prepare_weights(show_progress)
 
-    @staticmethod
-    def _tensor(tensors, name: str, shape: tuple[int, ...]):
+    def _tensor(self, tensors, name: str, shape: tuple[int, ...]):
         info = tensors.get(name)
         if info is None:
-            raise CamelidError(f"tensor {name} is missing from the model file; the file is incomplete or not a LLaMA-family model.")
+            raise CamelidError(f"{self._path}: tensor {name} is missing; the file is incomplete or not a LLaMA-family model.")
         if tuple(info.shape) != tuple(shape):
-            raise CamelidError(f"tensor {name} has shape {info.shape}, expected {shape} from the metadata; the file is inconsistent.")
+            raise CamelidError(f"{self._path}: tensor {name} has shape {info.shape}, expected {shape} from the metadata; the file is inconsistent.")
         return info
 
     def _products(self) -> list[QTensor | StackedMatrices]:

@@ -84,6 +84,10 @@ class Rope:
     """
 
     def __init__(self, head_dim: int, rope_dim: int, base: float, scale: float, neox: bool, freq_factors: np.ndarray | None = None):
+        if rope_dim % 2 or not 2 <= rope_dim <= head_dim:
+            raise ValueError(f"Rope: rope_dim {rope_dim} must be even and within the head size {head_dim}")
+        if freq_factors is not None and freq_factors.shape != (rope_dim // 2,):
+            raise ValueError(f"Rope: {freq_factors.shape} frequency factors for rope_dim {rope_dim}")
         self.head_dim = head_dim
         self.rope_dim = rope_dim
         self.neox = neox
@@ -129,6 +133,10 @@ class Rope:
         cos, sin = self.cos_sin(positions) if cos_sin is None else cos_sin
         if x.dtype != np.float32 or not x.flags.c_contiguous:
             raise ValueError("Rope.apply needs a C-contiguous float32 array")
+        half = (len(positions), self.rope_dim // 2)
+        if x.ndim < 2 or x.shape[0] != len(positions) or x.shape[-1] != self.head_dim or cos.shape != half or sin.shape != half:
+            raise ValueError(f"Rope.apply: x {x.shape}, cos {cos.shape}, sin {sin.shape} for {len(positions)} positions, "
+                             f"head size {self.head_dim}, rope_dim {self.rope_dim}")
         _rotate(x.reshape(x.shape[0], -1, x.shape[-1]), cos, sin, self.rope_dim, self.neox)
         return x
 
@@ -175,7 +183,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     """
     n, n_head, d = q.shape
     t, n_kv, _ = k.shape
-    if t != start + n or n_head % n_kv:
+    if k.shape != v.shape or k.shape[2] != d or t != start + n or n_head % n_kv:
         raise ValueError(f"attention: {t} cached positions for {n} queries from {start}, {n_head} heads over {n_kv}")
     q16 = np.empty(q.shape, np.float32)
     _round_f16_all(np.ascontiguousarray(q, dtype=np.float32).reshape(-1), q16.reshape(-1))

@@ -86,6 +86,9 @@ class Tokenizer:
         if not merges:
             raise CamelidError("this BPE vocabulary has no tokenizer.ggml.merges list; the file is incomplete. "
                                "Convert the model again with its tokenizer.")
+        if not isinstance(merges, (list, tuple)) or not all(isinstance(m, str) for m in merges):
+            raise CamelidError("tokenizer.ggml.merges is not a list of texts; the file's tokenizer metadata is corrupt. "
+                               "Convert or download the model again.")
         vocab = Vocab(meta, model, add_bos_default=pre.add_bos, has_bos=pre.has_bos)
         return cls(vocab, model, BpeModel(vocab, list(merges), pre), pre=pre_name, add_space_prefix=False)
 

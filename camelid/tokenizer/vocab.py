@@ -48,6 +48,13 @@ _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "
               "<｜end▁of▁sentence｜>", "[e~[")
 
 
+def _check_list(values: Any, kind: type | tuple[type, ...], key: str, what: str) -> None:
+    """Raise CamelidError unless `values` (a tokenizer.ggml.* value) is absent or a list of `kind`."""
+    if values is not None and not (isinstance(values, (list, tuple)) and all(isinstance(v, kind) for v in values)):
+        raise CamelidError(f"tokenizer.ggml.{key} is not a list of {what}; the file's tokenizer metadata is corrupt. "
+                           "Convert or download the model again.")
+
+
 class Vocab:
     """Token table of one model, with the special ids llama.cpp derives from the metadata.
 
@@ -60,6 +67,7 @@ class Vocab:
         if not tokens:
             raise CamelidError("the GGUF metadata has no tokenizer.ggml.tokens list; this file carries no vocabulary. "
                                "Use a model file converted with its tokenizer.")
+        _check_list(tokens, str, "tokens", "texts")
         tokens = list(tokens)
         n = len(tokens)
         for i in [i for i, t in enumerate(tokens) if not t]:
@@ -69,8 +77,10 @@ class Vocab:
         # Reversed so that for a duplicated text the first id wins.
         self.token_to_id: dict[str, int] = dict(zip(reversed(tokens), range(n - 1, -1, -1)))
         scores = meta.get(_K + "scores")
+        _check_list(scores, (int, float), "scores", "numbers")
         self.scores: list[float] = list(scores[:n]) if scores is not None and len(scores) >= n else [0.0] * n
         types = meta.get(_K + "token_type")
+        _check_list(types, int, "token_type", "whole numbers")
         if types is not None and len(types) >= n:
             get = _TYPE_TO_ATTR.get
             self.attrs: list[int] = [get(t, ATTR_UNDEFINED) for t in types[:n]]
