@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("CAMELID_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on the API (default: $CAMELID_API_KEY, or none)")
+    p.add_argument("--allowed-host", metavar="NAME", action="append", default=[],
+                   help="also answer requests for this host name (NAME or NAME:PORT; repeatable); the server answers "
+                        "only its own address otherwise, against DNS rebinding. '*' turns the check off (unsafe)")
     p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=None, metavar="N",
                    help="context size of each slot in tokens (default: min(4096, the model's))")
     p.add_argument("-np", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
@@ -71,17 +74,18 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CamelidError(f"cannot create the data directory {data_dir}: {exc.strerror}; choose another with --data-dir.") from None
     sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
 
     import asyncio
 
     import uvicorn
 
     import camelid
-    from camelid.server.app import create_app
+    from camelid.server.app import HostCheck, create_app
 
+    hosts = HostCheck.for_address(host, port, args.allowed_host)
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
-    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir)
-    host, port = sock.getsockname()[:2]
+    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "
           f"(OpenAI API at http://{shown}:{port}/v1, {args.parallel} slots of {model.n_ctx} tokens, data in {data_dir})",
@@ -89,6 +93,9 @@ def serve(args: argparse.Namespace) -> int:
     if not args.api_key and host not in ("127.0.0.1", "::1", "localhost"):
         print(f"camelid: warning: listening on {host} without --api-key: anyone who can reach this machine can use the model.",
               file=sys.stderr, flush=True)
+    if hosts.disabled:
+        print("camelid: warning: --allowed-host '*' answers any Host header: a web page can reach this server through "
+              "DNS rebinding and read the conversations.", file=sys.stderr, flush=True)
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             # Ctrl+C / SIGTERM: end running generations first, so their streams close with an error

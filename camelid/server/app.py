@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import importlib.util
+import ipaddress
 import json
 import logging
 import os
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +43,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 # page's own files stay open.
 PROTECTED_PREFIXES = ("/v1/", "/api/", "/tokenize", "/detokenize", "/metrics")
 DISCONNECT_POLL_SECONDS = 0.5
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+STATE_CHANGING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class APIError(Exception):
@@ -56,18 +60,120 @@ def _error_response(error: APIError, metrics: Metrics) -> JSONResponse:
     return JSONResponse(oai.error_body(error.message, error.type, error.param, error.code), status_code=error.status)
 
 
-class _Guard:
-    """ASGI middleware: refuses bodies over max_body bytes (413) and, with an API key, requests to
-    protected paths without it (401), before the app reads anything."""
+def _split_authority(value: str) -> tuple[str, int | None] | None:
+    """'name:port', '[v6]:port' or 'name' -> (lower-case name, port or None); None if malformed."""
+    if value.startswith("["):
+        if "]" not in value:
+            return None
+        name, _, rest = value.partition("]")
+        name += "]"
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:] if rest else None
+    else:
+        name, colon, port = value.rpartition(":")
+        if not colon:
+            name, port = value, None
+    if not name or ":" in name.strip("[]") and not name.startswith("["):
+        return None
+    if port is not None and not (port.isdigit() and len(port) <= 5):
+        return None
+    return name.lower(), None if port is None else int(port)
 
-    def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics):
-        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """The Host headers the server answers, against DNS rebinding: a page on a foreign name that
+    resolves to this machine sends its own name as Host and is refused.
+
+    pairs holds (name, port) and (name, None) for a name on any port; with any_ip_port, any IP
+    address on that port is accepted too (a server bound to every address: an address by number
+    cannot be rebound). disabled (--allowed-host '*') turns the check off.
+    """
+
+    pairs: frozenset[tuple[str, int | None]]
+    any_ip_port: int | None = None
+    disabled: bool = False
+
+    @classmethod
+    def for_address(cls, bind_host: str, port: int | None, allowed: Iterable[str] = ()) -> "HostCheck":
+        """The check for a server listening on bind_host:port (port None: any port), plus the
+        names of --allowed-host ('name' on any port, 'name:port', or '*' for no check).
+
+        Bound to loopback it answers 127.0.0.1, localhost and [::1]; bound to every address, those
+        and any IP address; otherwise the bound address. Raises CamelidError for a malformed name.
+        """
+        try:
+            address = ipaddress.ip_address(bind_host.strip("[]"))
+        except ValueError:
+            address = None
+        shown = f"[{address}]" if address is not None and address.version == 6 else bind_host.lower()
+        names = LOOPBACK_NAMES if address is None or address.is_loopback or address.is_unspecified else (shown,)
+        pairs = {(name, port) for name in names}
+        disabled = False
+        for entry in allowed:
+            if entry == "*":
+                disabled = True
+                continue
+            split = _split_authority(entry.strip())
+            if split is None or "/" in entry:
+                raise CamelidError(f"--allowed-host {entry!r} is not a host name; give a name like myserver.lan or myserver.lan:8080.")
+            pairs.add(split)
+        any_ip_port = port if address is not None and address.is_unspecified else None
+        return cls(frozenset(pairs), any_ip_port, disabled)
+
+    def _allows(self, name: str, port: int) -> bool:
+        return (name, port) in self.pairs or (name, None) in self.pairs or (
+            port == self.any_ip_port and _is_ip_literal(name))
+
+    def allows_host(self, host: str) -> bool:
+        """Whether a request with this Host header is answered."""
+        if self.disabled:
+            return True
+        split = _split_authority(host)
+        return split is not None and self._allows(split[0], 80 if split[1] is None else split[1])
+
+    def allows_origin(self, origin: str, host: str) -> bool:
+        """Whether a state-changing request from a page of this Origin is served: the origin must
+        be the one the request was sent to (its Host), or a name the server answers."""
+        scheme, sep, authority = origin.partition("://")
+        default_port = {"http": 80, "https": 443}.get(scheme.lower())
+        theirs = _split_authority(authority) if sep and default_port else None
+        if theirs is None:
+            return False
+        name, port = theirs[0], default_port if theirs[1] is None else theirs[1]
+        ours = _split_authority(host)
+        if ours is not None and ours[0] == name and (default_port if ours[1] is None else ours[1]) == port:
+            return True
+        return self._allows(name, port)
+
+    def names(self) -> str:
+        """The accepted hosts, for an error message."""
+        shown = sorted(name if port is None else f"{name}:{port}" for name, port in self.pairs)
+        return ", ".join(shown) + (" and any address by number" if self.any_ip_port is not None else "")
+
+
+class _Guard:
+    """ASGI middleware: refuses, before the app reads anything, a Host that is not this server's
+    (421), a state-changing request from a foreign page's Origin (403), bodies over max_body bytes
+    (413) and, with an API key, requests to protected paths without it (401)."""
+
+    def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics, hosts: HostCheck):
+        self.app, self.api_key, self.max_body, self.metrics, self.hosts = app, api_key, max_body, metrics, hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        error = self._refusal(scope["path"], headers)
+        error = self._refusal(scope["method"], scope["path"], headers)
         if error is not None:
             return await _error_response(error, self.metrics)(scope, receive, send)
         received = 0
@@ -85,7 +191,16 @@ class _Guard:
     def _too_large(self) -> str:
         return f"the request body is larger than {self.max_body // (1024 * 1024)} MB; send a shorter prompt."
 
-    def _refusal(self, path: str, headers: dict[str, str]) -> APIError | None:
+    def _refusal(self, method: str, path: str, headers: dict[str, str]) -> APIError | None:
+        host = headers.get("host", "")
+        if not self.hosts.allows_host(host):
+            return APIError(421, f"this server does not answer to the host {host!r}; it answers {self.hosts.names()} "
+                                 "(start it with --allowed-host NAME to add a name).", code="host_not_allowed")
+        origin = headers.get("origin")
+        if origin is not None and method in STATE_CHANGING_METHODS and not self.hosts.allows_origin(origin, host):
+            return APIError(403, f"requests from pages of {origin!r} are refused; only this server's own page may "
+                                 "change anything (start it with --allowed-host NAME to add a name).",
+                            "permission_error", code="origin_not_allowed")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return APIError(413, self._too_large(), code="request_too_large")
@@ -152,11 +267,12 @@ def _sse(obj) -> str:
 
 
 def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir: str | os.PathLike | None = None,
-               max_body: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body: int = MAX_BODY_BYTES, hosts: HostCheck | None = None) -> FastAPI:
     """The FastAPI app serving `model` (a camelid Model) with n_slots parallel KV caches.
 
     api_key, when set, is required on the API routes; data_dir, when set, is where the web chat page
-    (camelid.server.web, if installed) keeps its conversations.
+    (camelid.server.web, if installed) keeps its conversations. hosts says which Host headers are
+    answered (default: the loopback names on any port; see HostCheck.for_address).
     """
     metrics = Metrics()
     scheduler = Scheduler(model, n_slots, metrics)
@@ -176,7 +292,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                   description="An OpenAI-compatible API for a local LLaMA-family model.")
     app.state.scheduler, app.state.metrics, app.state.model = scheduler, metrics, model
     _install_error_handlers(app, metrics)
-    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics)
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics,
+                       hosts=hosts or HostCheck.for_address("127.0.0.1", None))
 
     def check_model(name: str | None) -> None:
         if name is not None and name not in model_names:
