@@ -10,7 +10,11 @@
 
 __version__ = "0.1.0"
 
-from camelid.api import Model, load
+from camelid import compile_cache
+
+compile_cache.configure()
+
+from camelid.api import Model, load  # noqa: E402
 from camelid.chat.session import ChatSession
 from camelid.errors import CamelidError
 from camelid.sampling import SamplingParams
