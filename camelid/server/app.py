@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -45,6 +46,7 @@ PROTECTED_PREFIXES = ("/v1/", "/api/", "/tokenize", "/detokenize", "/metrics")
 DISCONNECT_POLL_SECONDS = 0.5
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 STATE_CHANGING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]/@\s]+)(?::(\d{1,5}))?")  # host[:port] of a Host or Origin
 
 
 class APIError(Exception):
@@ -62,23 +64,10 @@ def _error_response(error: APIError, metrics: Metrics) -> JSONResponse:
 
 def _split_authority(value: str) -> tuple[str, int | None] | None:
     """'name:port', '[v6]:port' or 'name' -> (lower-case name, port or None); None if malformed."""
-    if value.startswith("["):
-        if "]" not in value:
-            return None
-        name, _, rest = value.partition("]")
-        name += "]"
-        if rest and not rest.startswith(":"):
-            return None
-        port = rest[1:] if rest else None
-    else:
-        name, colon, port = value.rpartition(":")
-        if not colon:
-            name, port = value, None
-    if not name or ":" in name.strip("[]") and not name.startswith("["):
+    match = _AUTHORITY.fullmatch(value)
+    if match is None:
         return None
-    if port is not None and not (port.isdigit() and len(port) <= 5):
-        return None
-    return name.lower(), None if port is None else int(port)
+    return match.group(1).lower(), None if match.group(2) is None else int(match.group(2))
 
 
 def _is_ip_literal(name: str) -> bool:
@@ -115,8 +104,9 @@ class HostCheck:
             address = ipaddress.ip_address(bind_host.strip("[]"))
         except ValueError:
             address = None
-        shown = f"[{address}]" if address is not None and address.version == 6 else bind_host.lower()
-        names = LOOPBACK_NAMES if address is None or address.is_loopback or address.is_unspecified else (shown,)
+        names = {bind_host.lower() if address is None else f"[{address}]" if address.version == 6 else str(address)}
+        if address is not None and (address.is_loopback or address.is_unspecified):
+            names = (names - {"0.0.0.0", "[::]"}) | set(LOOPBACK_NAMES)
         pairs = {(name, port) for name in names}
         disabled = False
         for entry in allowed:
@@ -124,7 +114,7 @@ class HostCheck:
                 disabled = True
                 continue
             split = _split_authority(entry.strip())
-            if split is None or "/" in entry:
+            if split is None:
                 raise CamelidError(f"--allowed-host {entry!r} is not a host name; give a name like myserver.lan or myserver.lan:8080.")
             pairs.add(split)
         any_ip_port = port if address is not None and address.is_unspecified else None
