@@ -70,6 +70,22 @@ def test_torch_saved_state_dict_loads_equal(tmp_path):
         np.testing.assert_array_equal(got, want, err_msg=name)
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_module_state_dict_with_metadata_loads_in_every_protocol(tmp_path, protocol):
+    # A module's state_dict() carries `_metadata`, which the pickle sets with BUILD on the OrderedDict;
+    # protocols 4 and 5 add FRAME, MEMOIZE, STACK_GLOBAL and SHORT_BINUNICODE.
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).to(torch.bfloat16)
+    sd = module.state_dict()
+    assert hasattr(sd, "_metadata")
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(sd, path, pickle_protocol=protocol)
+    source = open_tensor_files([path])
+    assert source.names() == list(sd)
+    for name, t in sd.items():
+        np.testing.assert_array_equal(source.load(name), _expected(t), err_msg=name)
+
+
 def test_state_dict_nested_under_state_dict_key(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": {"w": torch.ones(2, 2)}, "epoch": 3}, path)

@@ -17,6 +17,7 @@ Public interface (the converter and the LoRA merger build on it):
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -123,8 +124,8 @@ def _safetensors_entries(path: str) -> dict[str, _Entry]:
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CamelidError(f"{path}: tensor {name} has an unsupported dtype or a malformed header entry {str(info)[:80]}.") from None
-        n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != n_bytes or begin < 0:
+        n_bytes = math.prod(shape) * dtype.itemsize
+        if end - begin != n_bytes or begin < 0 or any(d < 0 for d in shape):
             raise CamelidError(f"{path}: tensor {name} has shape {list(shape)} but {end - begin} bytes; the file is corrupt.")
         if data_start + end > size:
             raise CamelidError(f"{path} is truncated: tensor {name} ends at byte {data_start + end} of a {size}-byte file. "
@@ -135,13 +136,8 @@ def _safetensors_entries(path: str) -> dict[str, _Entry]:
 
 
 def _pickle_entries(path: str) -> dict[str, _Entry]:
-    size = os.path.getsize(path)
-    entries = {}
-    for name, t in safe_pickle.load_state_dict(path).items():
-        if t.storage.offset + t.storage.n_bytes > size:
-            raise CamelidError(f"{path} is truncated (tensor {name} lies past its end). Download or write it again.")
-        entries[name] = _Entry(t.shape, t.read, t.is_bfloat16)
-    return entries
+    # safe_pickle has checked every tensor against its storage and every storage against the file.
+    return {name: _Entry(t.shape, t.read, t.is_bfloat16) for name, t in safe_pickle.load_state_dict(path).items()}
 
 
 def open_tensor_files(paths: list[Path]) -> TensorSource:
