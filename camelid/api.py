@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ class Model:
             raise CamelidError(
                 f"{path}: the tokenizer has {self.tokenizer.n_vocab} tokens but token_embd only {self.network.n_vocab} rows; the file is inconsistent."
             )
-        self.template: ChatTemplate = template_for(gguf.metadata, self.tokenizer.tokens, chat_template)
+        self.template: ChatTemplate = template_for(gguf.metadata, self.tokenizer.tokens, chat_template, origin=Path(path).name)
         if n_ctx is not None and n_ctx < 8:
             raise CamelidError(f"a context of {n_ctx} tokens is too small; use at least a few hundred (-c 2048).")
         self.n_ctx = n_ctx or min(DEFAULT_CONTEXT, self.config.n_ctx_train)
