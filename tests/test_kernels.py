@@ -1,11 +1,13 @@
-"""camelid's exact matmul kernels and ggml primitives against llama.cpp's compiled ggml, bit for bit.
+"""camelid's matmul kernels and ggml primitives against llama.cpp's compiled ggml.
 
-The oracle is the ggml CPU library that llama-cpp-python built on this machine (tests/ggml_oracle.py):
-a real GGML_OP_MUL_MAT graph on its CPU backend, so each product takes the code path llama.cpp takes
-for that weight type and batch size (llamafile's tinyBLAS, the tiled K-quant kernels, vec_dot, or the
-repacked Q4_0 / Q4_K kernels when the weights sit in the CPU_REPACK buffer). Every output must have
-the same float32 bits. A float64 product of the same operands checks, independently of llama.cpp, that
-the kernels compute the product at all, within the rounding error their summation order allows.
+The oracle is the ggml CPU library that llama-cpp-python built on this machine (tests/oracle/ggml_library.py,
+called in the oracle's worker process): a real GGML_OP_MUL_MAT graph on its CPU backend, so each
+product takes the code path llama.cpp takes for that weight type and batch size (llamafile's tinyBLAS,
+the tiled K-quant kernels, vec_dot, or the repacked Q4_0 / Q4_K kernels when the weights sit in the
+CPU_REPACK buffer). In exact mode (tests/oracle/mode.py) every output must have the same float32
+bits; in tolerance mode it must be within twice the rounding bound below. A float64 product of the
+same operands checks on every CPU, with or without ggml, that the kernels compute the product at
+all, within the rounding error their summation order allows.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -23,6 +27,9 @@ from camelid.quant import QTensor, registered_kernel
 from camelid.quant.activations import fake_quantize, q8_1_sum_correction, quantize_q8_0, quantize_q8_1
 from camelid.quant.blocks import BLOCK_TYPES, SUPPORTED_TYPES
 
+import oracle
+from oracle.mode import assert_kernel_matches
+
 QUANT = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
 FLOAT = [T.F32, T.F16, T.BF16]
 TOKENS = [1, 2, 3, 5, 8, 13]  # vec_dot / tinyBLAS / gemv / gemm / tiled thresholds are 2, 4 and 8
@@ -30,15 +37,18 @@ TOKENS = [1, 2, 3, 5, 8, 13]  # vec_dot / tinyBLAS / gemv / gemm / tiled thresho
 
 @pytest.fixture(scope="module")
 def ggml():
-    from ggml_oracle import Ggml
+    """The ggml oracle, or None where llama-cpp-python is not installed outside CI (the float64
+    bounds still run); under CI=true a missing oracle fails."""
+    if importlib.util.find_spec("llama_cpp") is None and not oracle.in_ci():
+        return None
+    return oracle.ggml()
 
-    try:
-        lib = Ggml()
-    except (ImportError, OSError, AttributeError) as exc:
-        pytest.skip(f"llama-cpp-python's ggml library is not usable here: {exc}")
-    if not (lib.has_avx2 and lib.has_avx512):
-        pytest.skip("camelid reproduces the x86 AVX-512 build of ggml; this one differs")
-    return lib
+
+@pytest.fixture(scope="module")
+def ggml_required(ggml):
+    if ggml is None:
+        oracle.missing("llama-cpp-python, the test oracle, is not installed: python tests/oracle/install.py")
+    return ggml
 
 
 def bits(a: np.ndarray) -> np.ndarray:
@@ -83,17 +93,16 @@ def check(ggml, t, n_out: int, n_in: int, n_tok: int, name: str, repack: bool, s
     raw = random_weights(t, n_out, n_in, rng)
     x = activations(n_tok, n_in, rng)
     y = QTensor(name, t, (n_out, n_in), raw).matmul(x)
-    expected = ggml.mul_mat(t, raw, x, repack=repack)
     assert y.dtype == np.float32 and y.shape == (n_tok, n_out)
-    mismatch = np.argwhere(bits(y) != bits(expected))
-    assert mismatch.size == 0, (
-        f"{t.name} {n_tok} tokens: {len(mismatch)} of {y.size} outputs differ from ggml, first at "
-        f"{tuple(mismatch[0])}: {y[tuple(mismatch[0])]!r} vs {expected[tuple(mismatch[0])]!r}")
     ref, scale = float64_product(t, raw, x)
     # at most n_in/16 + 10 successive float32 roundings touch any partial sum on any of the paths;
     # the float32 dequantization of K-quant weights adds one more relative rounding per weight
     bound = (n_in / 16 + 11) * 2.0**-24 * scale + 1e-30
-    assert np.all(np.abs(y - ref) <= bound)
+    excess = np.abs(y - ref) - bound
+    assert np.all(excess <= 0), f"{t.name} {n_tok} tokens: off the float64 product at {np.unravel_index(np.argmax(excess), y.shape)}"
+    if ggml is not None:
+        expected = ggml.mul_mat(t, raw, x, repack=repack)
+        assert_kernel_matches(y, expected, bound, f"{t.name} {n_tok} tokens, {name}, repack={repack}")
 
 
 _CROSS_CASES = [(T.Q4_0, "blk.0.ffn_up.weight"), (T.Q4_0, "token_embd.weight"), (T.Q4_1, "x"), (T.Q5_0, "x"),
@@ -114,8 +123,8 @@ def cross_products() -> list[np.ndarray]:
 @pytest.mark.parametrize("simd_path", ["avx2", "avx512bw"])
 def test_integer_dots_without_vnni_equal_the_checked_kernels(simd_path, tmp_path):
     # CPUs without AVX-512 VNNI build the same integer sums from vpmaddubsw/vpmaddwd; this machine
-    # runs those instructions too, in a process that is made to choose them (with its own Numba
-    # cache), and every output must equal the kernels checked against ggml above.
+    # runs those instructions too, in a process that is made to choose them, and every output must
+    # equal the kernels checked against ggml above.
     from camelid.quant import simd
 
     if simd.INT8_DOT not in ("vnni", "avx512bw"):
@@ -123,7 +132,7 @@ def test_integer_dots_without_vnni_equal_the_checked_kernels(simd_path, tmp_path
     script = "import sys, numpy as np; sys.path.insert(0, %r); from test_kernels import cross_products; " \
              "from camelid.quant import simd; assert simd.INT8_DOT == %r; np.savez(%r, *cross_products())" % (
                  os.path.dirname(__file__), simd_path, str(tmp_path / "out.npz"))
-    env = dict(os.environ, CAMELID_SIMD=simd_path, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    env = dict(os.environ, CAMELID_SIMD=simd_path)  # camelid.compile_cache gives the path its own Numba cache
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
     theirs = np.load(tmp_path / "out.npz")
     ours = cross_products()
@@ -210,6 +219,8 @@ def test_activation_quantizer_matches_numpy_reference():
     x[1, :32] = 0.0
     x[2, 32:64] = 1e-30
     x[3] *= 1e4
+    x[4, :32] = np.arange(32, dtype=np.float32) - 16.5  # exact halves once scaled (the block's scale is 1):
+    x[4, 0] = 127.0  # ggml rounds them half to even
     aq = np.empty(x.size, np.int8)
     ad = np.empty(x.size // 32, np.float32)
     s = np.empty_like(ad)
@@ -260,6 +271,15 @@ def test_round_f16_matches_numpy():
 
 
 # ---------------------------------------------------------------------------- the other ops
+# Each against a float64 computation of the same function (on every CPU), and against ggml.
+
+def compare(ours: np.ndarray, ggml, theirs, ref: np.ndarray, bound: np.ndarray, what: str) -> None:
+    """ours within bound of the float64 ref; and ggml's result (theirs(), when ggml is there) as the mode asks."""
+    excess = np.abs(ours.astype(np.float64) - ref) - bound
+    assert np.all(excess <= 0), f"{what}: off the float64 reference by {excess.max():.3g} more than its bound"
+    if ggml is not None:
+        assert_kernel_matches(ours, theirs(), bound, what)
+
 
 def test_swiglu_matches_ggml(ggml):
     from camelid.model.ops import silu_mul
@@ -268,7 +288,30 @@ def test_swiglu_matches_ggml(ggml):
     gate = rng.standard_normal((5, 1544)).astype(np.float32) * 4  # 1544 = 96 * 16 + 8: a scalar tail
     up = rng.standard_normal((5, 1544)).astype(np.float32)
     gate[0, :10] = [-100, -90, 90, 100, 0, -0.0, 1e-30, -1e-30, 88, -88]
-    assert np.array_equal(bits(silu_mul(np.concatenate([gate, up], axis=1))), bits(ggml.swiglu(gate, up)))
+    g, u = gate.astype(np.float64), up.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = g / (1.0 + np.exp(-g)) * u
+    # ggml's expf is within 1.5 ulp; the division and two products round once each
+    bound = 8 * 2.0**-24 * np.abs(ref) + 2.0**-120
+    ours = silu_mul(np.concatenate([gate, up], axis=1))
+    compare(ours, ggml, lambda: ggml.swiglu(gate, up), ref, bound, "swiglu")
+
+
+def rope_float64(x: np.ndarray, positions: np.ndarray, base: float, neox: bool) -> np.ndarray:
+    """RoPE over the whole head in float64, with ggml's float32 angles (theta_0 = position,
+    theta_{i+1} = theta_i * base^(-2/d), both in float32)."""
+    n, h, d = x.shape
+    theta_scale = np.float32(base) ** np.float32(-2.0 / d)
+    theta = positions.astype(np.float32)
+    angles = np.empty((n, d // 2), np.float64)
+    for i in range(d // 2):
+        angles[:, i] = theta
+        theta = theta * theta_scale
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    x = x.astype(np.float64)
+    a, b = (x[..., : d // 2], x[..., d // 2 :]) if neox else (x[..., 0::2], x[..., 1::2])
+    ra, rb = a * cos - b * sin, a * sin + b * cos
+    return np.concatenate([ra, rb], axis=-1) if neox else np.stack([ra, rb], axis=-1).reshape(n, h, d)
 
 
 @pytest.mark.parametrize("neox", [False, True])
@@ -279,14 +322,38 @@ def test_rope_matches_ggml(ggml, neox):
     x = rng.standard_normal((7, 3, 64)).astype(np.float32) * 10
     positions = np.arange(300, 307)
     ours = Rope(64, 64, 10000.0, 1.0, neox).apply(x.copy(), positions)
-    assert np.array_equal(bits(ours), bits(ggml.rope(x, positions, 64, neox, 10000.0)))
+    ref = rope_float64(x, positions, 10000.0, neox)
+    # cosf and sinf are correctly rounded; two products and a sum round once each
+    partner = (np.arange(64) + 32) % 64 if neox else np.arange(64) ^ 1
+    pair = np.abs(x) + np.abs(x[..., partner])
+    bound = 4 * 2.0**-24 * pair + 2.0**-120
+    compare(ours, ggml, lambda: ggml.rope(x, positions, 64, neox, 10000.0), ref, bound, f"rope neox={neox}")
+
+
+def attention_float64(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Causal attention in float64 with llama.cpp's roundings (queries and the softmax weights to
+    float16, as its F16 products take them); and sum_j w_j |v_j|, the scale of the output's error."""
+    n, n_head, d = q.shape
+    group = n_head // k.shape[1]
+    q16 = q.astype(np.float16).astype(np.float64)
+    visible = np.arange(k.shape[0])[None, :] <= start + np.arange(n)[:, None]
+    out = np.empty((n, n_head, d))
+    mag = np.empty((n, n_head, d))
+    for h in range(n_head):
+        keys, values = k[:, h // group].astype(np.float64), v[:, h // group].astype(np.float64)
+        scores = np.where(visible, q16[:, h] @ keys.T / np.sqrt(d), -np.inf)
+        w = np.exp(scores - scores.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        out[:, h] = w.astype(np.float16).astype(np.float64) @ values
+        mag[:, h] = w @ np.abs(values)
+    return out.reshape(n, -1), mag.reshape(n, -1)
 
 
 @pytest.mark.parametrize("d, n_head, n_head_kv", [(64, 9, 3), (80, 4, 2), (128, 8, 8), (256, 4, 1)])
 @pytest.mark.parametrize("n, start", [(1, 0), (1, 40), (5, 0), (9, 300), (16, 250)])
 def test_attention_matches_ggml(ggml, d, n_head, n_head_kv, n, start):
-    # one token: ggml_vec_dot_f16; more: tinyBLAS (head sizes not a multiple of 16 fall back to
-    # vec_dot for the scores); 256 cached positions or more: llama.cpp reads 512 (masked) cells
+    # one token: ggml_vec_dot_f16; more: tinyBLAS (head sizes not a multiple of 16 for the scores
+    # fall back to vec_dot); 256 cached positions or more: llama.cpp reads 512 (masked) cells
     from camelid.model.ops import attention
 
     rng = np.random.default_rng(d + 7 * n + start)
@@ -294,4 +361,8 @@ def test_attention_matches_ggml(ggml, d, n_head, n_head_kv, n, start):
     k = (rng.standard_normal((start + n, n_head_kv, d)) * 2).astype(np.float16)
     v = rng.standard_normal((start + n, n_head_kv, d)).astype(np.float16)
     n_kv = max(256, (start + n + 255) // 256 * 256)
-    assert np.array_equal(bits(attention(q, k, v, start)), bits(ggml.attention(q, k, v, start, n_kv)))
+    ref, mag = attention_float64(q, k, v, start)
+    # a softmax weight computed in float32 can round to the neighbouring float16 (2^-11 relative)
+    # where the float64 one does not; the scores' own float32 error is far below that
+    bound = 2.0**-9 * mag + 2.0**-120
+    compare(attention(q, k, v, start), ggml, lambda: ggml.attention(q, k, v, start, n_kv), ref, bound, "attention")

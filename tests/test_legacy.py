@@ -8,7 +8,6 @@ float weights written as GGUF with gguf-py's writer and quantized by gguf-py's r
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from legacy_writer import decode as legacy_decode
 from legacy_writer import layout_of
 from legacy_writer import quantize as legacy_quantize
 from legacy_writer import write_legacy_model
+import oracle
+from oracle.mode import assert_greedy_matches
 from test_reference_forward import f16_noise_floor, logit_scale, reference_forward
 from tiny_gguf import _random_weights, tiny_hparams
 
@@ -214,34 +215,37 @@ def test_convert_legacy_output_is_the_reference_gguf_and_llama_cpp_agrees(files,
     assert g.metadata_types["tokenizer.ggml.token_type"] == (V.ARRAY, V.INT32)
     assert g.metadata_types["tokenizer.ggml.scores"] == (V.ARRAY, V.FLOAT32)
 
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the oracle: pip install -e '.[test]'")
-    llm = llama_cpp.Llama(str(out), n_ctx=128, n_threads=2, verbose=False)
-    prompt = llm.tokenize(b"Hello world, how are you?", add_bos=True)
+    llm = oracle.Llama(out, n_ctx=128)
+    prompt = llm.tokenize("Hello world, how are you?", special=False)
     model = camelid.load(src, n_ctx=128, show_progress=False)
     assert model.tokenize("Hello world, how are you?") == prompt
-    theirs = []
-    for tok in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
-        theirs.append(tok)
-        if len(theirs) == 8:
-            break
+    theirs, their_logits = llm.greedy(prompt, 8)
     chunks = model.stream_tokens(prompt, max_tokens=8, temperature=0.0, repeat_penalty=1.0, ignore_eos=True)
     ours = [c.token for c in chunks if c.token is not None]
-    assert ours == theirs
+    assert_greedy_matches(ours, theirs, their_logits)
 
 
 def test_camelid_run_on_a_legacy_file(files, tmp_path):
-    """`camelid run -m legacy.bin` end to end; the expected text is llama.cpp's on the converted file."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the oracle: pip install -e '.[test]'")
+    """`camelid run -m legacy.bin` end to end: the text of the tokens camelid chose, as llama.cpp
+    detokenizes them, and those tokens are llama.cpp's greedy choice on the converted file."""
     path = files["ggjt", 2, "Q4_0"]
     converted = tmp_path / "converted.gguf"
     convert_legacy(path, converted, progress=False)
     prompt = "Hello world"
-    llm = llama_cpp.Llama(str(converted), n_ctx=128, n_threads=2, verbose=False)
-    expected = llm.create_completion(prompt, max_tokens=8, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
+    llm = oracle.Llama(converted, n_ctx=128)
+    prompt_ids = llm.tokenize(prompt, special=False)
+    theirs, their_logits = llm.greedy(prompt_ids, 8, stop_at_eog=True)
+    model = camelid.load(path, n_ctx=128, show_progress=False)
+    chunks = model.stream_tokens(prompt_ids, max_tokens=8, temperature=0.0, repeat_penalty=1.0)
+    ours = [c.token for c in chunks if c.token is not None]
+    assert_greedy_matches(ours, theirs, their_logits)
+    before, after = llm.detokenize(prompt_ids), llm.detokenize(prompt_ids + ours)
+    assert after.startswith(before)
+    expected = prompt + after[len(before):].decode()
     result = subprocess.run([sys.executable, "-m", "camelid", "run", "-m", str(path), "-p", prompt, "-n", "8",
                              "--temp", "0", "--repeat-penalty", "1.0"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip("\n") == prompt + expected
+    assert result.stdout.rstrip("\n") == expected
 
 
 def test_q8_0_of_april_2023_had_type_id_6(files, tiny, vocab, tmp_path):
@@ -258,14 +262,11 @@ def test_q8_0_of_april_2023_had_type_id_6(files, tiny, vocab, tmp_path):
 def test_ggjt_v3_k_quants_pass_through(tmp_path, vocab):
     """ggjt v3 files of June-August 2023 had K-quants in today's layout: llama.cpp's own Q4_K_M blocks,
     put in a v3 file, give the logits of the GGUF llama.cpp wrote."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the oracle: pip install -e '.[test]'")
     hp = tiny_hparams(n_vocab=32000, n_embd=256, n_head=4, n_head_kv=4, n_ff=768, rms_eps=1e-6, n_ctx_train=2048, seed=7)
     weights = _random_weights(hp)
     f32, q = tmp_path / "f32.gguf", tmp_path / "q4_k_m.gguf"
     write_reference_gguf(f32, hp, weights, "F32", vocab)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = 15, 2  # LLAMA_FTYPE_MOSTLY_Q4_K_M
-    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(q).encode(), ctypes.byref(params)) == 0
+    oracle.quantize(f32, q, 15)  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     ref = open_gguf(q)
     assert {t.ggml_type for t in ref.tensors.values()} >= {T.Q4_K, T.Q6_K}
     legacy = tmp_path / "ggjt3-q4_k_m.bin"
@@ -305,10 +306,9 @@ def test_chinese_llama_alpaca_vocabulary(tmp_path, tiny, vocab):
     text = "你好，中国！我们一起学习。"
     ids = model.tokenize(text)
     assert any(i >= 32000 for i in ids)
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the oracle: pip install -e '.[test]'")
     converted = tmp_path / "converted.gguf"
     convert_legacy(path, converted, progress=False)
-    assert llama_cpp.Llama(str(converted), vocab_only=True, verbose=False).tokenize(text.encode(), add_bos=True) == ids
+    assert oracle.Llama(converted, vocab_only=True).tokenize(text, special=False) == ids
     ref = camelid.load(reference, show_progress=False)
     np.testing.assert_array_equal(model.forward(ids, model.new_cache()), ref.forward(ids, ref.new_cache()))
 

@@ -22,18 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-spm = pytest.importorskip("sentencepiece")
-from safetensors.numpy import load_file, save_file  # noqa: E402
+import peft
+import sentencepiece as spm
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
 
-import camelid  # noqa: E402
-import hf_fixtures  # noqa: E402
-from camelid.generate import generate_step, prefill  # noqa: E402
-from camelid.sampling import Sampler, SamplingParams  # noqa: E402
-from camelid.errors import CamelidError  # noqa: E402
-from camelid.formats.safetensors_writer import save_checkpoint  # noqa: E402
+import camelid
+import hf_fixtures
+from camelid.generate import generate_step, prefill
+from camelid.sampling import Sampler, SamplingParams
+from camelid.errors import CamelidError
+from camelid.formats.safetensors_writer import save_checkpoint
 from camelid.tools.merge_lora import merge_lora, open_merged  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,12 +10,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
-import os
 
 import numpy as np
 import pytest
+import oracle
 from model_files import gemma_path, smollm2_path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 import gguf.quants as gq
@@ -302,68 +300,36 @@ def test_float_weight_types_round_activations():
 
 # ---------------------------------------------------------------------------- the compiled llama.cpp as oracle
 
-class _Traits(ctypes.Structure):
-    _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
-                ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
-
-
-_FROM_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-_VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
-                            ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-
-
 @pytest.fixture(scope="module")
 def ggml_cpu():
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llama-cpp-python is not installed: no compiled ggml to compare with")
-    libdir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
-    try:
-        base = ctypes.CDLL(os.path.join(libdir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        lib = ctypes.CDLL(os.path.join(libdir, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-    except OSError as exc:
-        pytest.skip(f"cannot load ggml from {libdir}: {exc}")
-    lib.ggml_cpu_init()
-    base.ggml_type_size.restype = ctypes.c_size_t
-    base.ggml_blck_size.restype = ctypes.c_int64
-    lib.sizes = lambda t: (base.ggml_blck_size(int(t)), base.ggml_type_size(int(t)))  # gguf-py's Q8_1 size is stale
-    lib.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_Traits)
-    if not lib.ggml_cpu_has_avx2():
-        pytest.skip("this ggml build has no AVX2; camelid reproduces the AVX2/AVX-512 activation rounding")
-    return lib
-
-
-def _ggml_from_float(lib, t, x: np.ndarray) -> np.ndarray:
-    block_size, type_size = lib.sizes(t)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    y = np.zeros(x.size // block_size * type_size, dtype=np.uint8)
-    _FROM_FLOAT(lib.ggml_get_type_traits_cpu(int(t)).contents.from_float)(x.ctypes.data, y.ctypes.data, x.size)
-    return y
+    return oracle.ggml()
 
 
 def test_vec_dot_types_match_ggml(ggml_cpu):
     for t, vt in VEC_DOT_TYPE.items():
-        assert ggml_cpu.ggml_get_type_traits_cpu(int(t)).contents.vec_dot_type == int(vt), t.name
+        assert ggml_cpu.vec_dot_type(t) == int(vt), t.name
 
 
 def test_activation_quantization_bytes_match_ggml(ggml_cpu):
+    if not ggml_cpu.build().get("avx2"):
+        pytest.skip("this ggml build has no AVX2; camelid reproduces the AVX2/AVX-512 activation rounding")
     x = _activations(3, 4096, np.random.default_rng(5))
     for row in x:
-        y = _ggml_from_float(ggml_cpu, T.Q8_0, row).reshape(-1, 34)
+        y = ggml_cpu.from_float(T.Q8_0, row).reshape(-1, 34)
         d, q = quantize_q8_0(row[None])
         assert np.array_equal(y[:, :2].copy().view("<u2").ravel(), d.view("<u2").ravel())
         assert np.array_equal(y[:, 2:].view(np.int8), q[0])
-        y = _ggml_from_float(ggml_cpu, T.Q8_1, row).reshape(-1, 36)
+        y = ggml_cpu.from_float(T.Q8_1, row).reshape(-1, 36)
         d, s, q = quantize_q8_1(row[None])
         assert np.array_equal(y[:, :4].copy().view("<u2"), np.stack([d[0], s[0]], 1).view("<u2"))
         assert np.array_equal(y[:, 4:].view(np.int8), q[0])
-        y = _ggml_from_float(ggml_cpu, T.Q8_K, row).reshape(-1, 292)
+        y = ggml_cpu.from_float(T.Q8_K, row).reshape(-1, 292)
         d, q = quantize_q8_K(row[None])
         assert np.array_equal(y[:, :4].copy().view("<u4").ravel(), d.view("<u4").ravel())
         assert np.array_equal(y[:, 4:260].view(np.int8), q[0])
         assert np.array_equal(y[:, 260:].copy().view("<i2"), q[0].reshape(-1, 16, 16).sum(-1))
-        assert np.array_equal(_ggml_from_float(ggml_cpu, T.F16, row).view(np.float16).astype(np.float32), fake_quantize(row[None], T.F16)[0])
-        bf = _ggml_from_float(ggml_cpu, T.BF16, row).view("<u2").astype(np.uint32) << 16
+        assert np.array_equal(ggml_cpu.from_float(T.F16, row).view(np.float16).astype(np.float32), fake_quantize(row[None], T.F16)[0])
+        bf = ggml_cpu.from_float(T.BF16, row).view("<u2").astype(np.uint32) << 16
         assert np.array_equal(bf, bits(fake_quantize(row[None], T.BF16)[0]))
 
 
@@ -376,16 +342,7 @@ def test_matmul_matches_ggml_vec_dot(ggml_cpu, t):
         raw = random_raw(t, n_out, n_in, rng)
     else:
         raw = np.ascontiguousarray(gq.quantize(rng.standard_normal((n_out, n_in)).astype(np.float32), t)).view(np.uint8)
-    traits = ggml_cpu.ggml_get_type_traits_cpu(int(t)).contents
-    vec_dot = _VEC_DOT(traits.vec_dot)
-    ref = np.zeros((2, n_out))
-    s = ctypes.c_float()
-    for i in range(2):
-        xq = _ggml_from_float(ggml_cpu, T(traits.vec_dot_type), x[i])
-        for o in range(n_out):
-            row = np.ascontiguousarray(raw[o])
-            vec_dot(n_in, ctypes.byref(s), 0, row.ctypes.data, 0, xq.ctypes.data, 0, 1)
-            ref[i, o] = s.value
+    ref = ggml_cpu.vec_dot(t, raw, x)
     w = QTensor("w", t, (n_out, n_in), raw)
     y = w.matmul(x)
     scale = np.abs(fake_quantize(x, t)).astype(np.float64) @ np.abs(w.dequantize()).astype(np.float64).T

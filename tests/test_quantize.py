@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import ctypes
 
 import gguf
 import numba
@@ -15,6 +14,8 @@ from gguf import GGMLQuantizationType as T
 from camelid.errors import CamelidError
 from camelid.quant.blocks import dequantize
 from camelid.quant.quantize import QUANTIZE_TYPES, quantize_rows
+
+import oracle
 
 BLOCK_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
 GGUF_PY_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.BF16, T.F16]
@@ -46,26 +47,8 @@ def rows() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ggml():
-    """ggml_quantize_chunk(type, src, dst, start, nrows, n_per_row, imatrix) from llama-cpp-python's libggml-base."""
-    try:
-        from ggml_oracle import Ggml
-
-        g = Ggml()
-    except (ImportError, OSError) as exc:
-        pytest.skip(f"llama.cpp's ggml library is unavailable: {exc}")
-    fn = g.base.ggml_quantize_chunk
-    fn.restype = ctypes.c_size_t
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-
-    def quantize(t, x):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        block, size = g.sizes(t)
-        out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
-        written = fn(int(t), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
-        assert written == out.nbytes
-        return out
-
-    return quantize
+    """ggml_quantize_chunk(type, rows) from llama-cpp-python's libggml-base, in the oracle's process."""
+    return oracle.ggml().quantize_chunk
 
 
 @pytest.mark.parametrize("t", GGUF_PY_TYPES, ids=lambda t: t.name)

@@ -5,7 +5,6 @@ load and generate in llama.cpp and in camelid with the same greedy tokens."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
@@ -15,21 +14,17 @@ import pytest
 from camelid.cli.main import main
 from camelid.formats.gguf import open_gguf
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the test oracle: pip install -e '.[test]'")
-
-from model_files import gemma_path, smollm2_path  # noqa: E402
-from tiny_gguf import write_tiny_model  # noqa: E402
+import oracle
+from model_files import gemma_path, smollm2_path
+from oracle.mode import assert_greedy_matches, camelid_greedy
+from tiny_gguf import write_tiny_model
 
 LLAMA_FTYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K_S": 14,
                "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
 
 
 def llama_quantize(src: Path, dst: Path, type_name: str, allow_requantize: bool = False) -> None:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = LLAMA_FTYPE[type_name]
-    params.allow_requantize = allow_requantize
-    params.nthread = 2
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
+    oracle.quantize(src, dst, LLAMA_FTYPE[type_name], allow_requantize=allow_requantize)
 
 
 def camelid_quantize(*args: str) -> int:
@@ -100,21 +95,13 @@ def test_q8_0_requantization_of_smollm2_generates_like_llama_cpp(tmp_path):
     assert ours.read_bytes() == ref.read_bytes()
 
     prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    oracle = llama_cpp.Llama(model_path=str(ours), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=1)
-    tokens = oracle.tokenize(prompt.encode(), add_bos=True, special=True)
-    oracle.eval(tokens)
-    expected = []
-    for _ in range(16):
-        expected.append(int(np.argmax(oracle.scores[oracle.n_tokens - 1])))
-        oracle.eval([expected[-1]])
+    llm = oracle.Llama(ours, n_ctx=256)
+    tokens = llm.tokenize(prompt)
+    expected, expected_logits = llm.greedy(tokens, 16)
     model = camelid.load(str(ours), n_ctx=256, show_progress=False)
-    cache = model.new_cache()
-    logits = model.forward(tokens, cache, last_only=True)[-1]
-    got = []
-    for _ in range(16):
-        got.append(int(np.argmax(logits)))
-        logits = model.forward([got[-1]], cache, last_only=True)[-1]
-    assert got == expected, f"camelid {model.detokenize(got)!r} vs llama.cpp {model.detokenize(expected)!r}"
+    got = camelid_greedy(model, tokens, 16)
+    assert_greedy_matches(got, expected, expected_logits,
+                          f"camelid {model.detokenize(got)!r} vs llama.cpp {model.detokenize(expected)!r}")
     assert "Paris" in model.detokenize(got)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import oracle
 from tiny_gguf import tiny_hparams, write_tiny_model
 
 # ----------------------------------------------------------------------------------------------
@@ -408,14 +409,7 @@ def test_reference_matches_llama_cpp(case: Case):
     """When llama.cpp's Python binding is installed (the `test` extra), its logits on the same tiny
     GGUF file agree with the reference within ref_tolerance: validates the reference's conventions
     and the tiny file's layout against the real thing."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(case.path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True,
-                          n_threads=2, seed=0, verbose=False)
-    try:
-        llm.eval(case.tokens.tolist())
-        got = np.array(llm.scores[:N_TOKENS], dtype=np.float64)
-    finally:
-        llm.close()
+    got = oracle.Llama(case.path, n_ctx=N_CTX).logits(case.tokens.tolist())[:N_TOKENS].astype(np.float64)
     tol = ref_tolerance(case.floor)
     err = np.abs(got - case.ref).max()
     assert err <= tol, f"llama.cpp vs reference: max |diff| {err:.3g} > tol {tol:.3g}"

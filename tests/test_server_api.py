@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+import oracle
 from model_files import smollm2_path
+from oracle.mode import assert_greedy_matches, camelid_greedy
 from server_process import ROOT, serve
 
 PROMPT = "The history of the Roman Empire began when"
@@ -111,20 +113,16 @@ def test_completion_greedy_equals_camelid_run(server, client, model_id):
     assert "timings" in streamed[-1].model_extra
 
 
-def test_completion_greedy_equals_llama_cpp(server, client, model_id):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the test oracle: pip install -e '.[test]'")
-    oracle = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=512, n_batch=512, logits_all=True, n_threads=2, verbose=False)
+def test_completion_greedy_equals_llama_cpp(server, client, model_id, api_model):
+    # the tokens camelid chooses are llama.cpp's greedy ones (within the oracle's mode), and the
+    # server's text is those tokens as llama.cpp detokenizes them
+    llm = oracle.Llama(smollm2_path())
     prompt = "Once upon a time, in a small village by the sea,"
-    tokens = oracle.tokenize(prompt.encode(), add_bos=True, special=True)
-    oracle.eval(tokens)
-    generated = []
-    for _ in range(N):
-        token = int(np.argmax(oracle.scores[oracle.n_tokens - 1]))
-        if token == oracle.token_eos():
-            break
-        generated.append(token)
-        oracle.eval([token])
-    expected = oracle.detokenize(generated).decode("utf-8")
+    tokens = llm.tokenize(prompt)
+    ref, ref_logits = llm.greedy(tokens, N, stop_at_eog=True)
+    generated = camelid_greedy(api_model, tokens, N, stop_at_eog=True)
+    assert_greedy_matches(generated, ref, ref_logits)
+    expected = llm.detokenize(generated).decode("utf-8")
     reply = client.completions.create(model=model_id, prompt=prompt, max_tokens=N, temperature=0)
     assert reply.choices[0].text == expected
     assert reply.usage.prompt_tokens == len(tokens)
@@ -240,16 +238,15 @@ def test_models_health_and_openapi(server, client, model_id):
 
 
 def test_tokenize_and_detokenize_match_llama_cpp(server):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the test oracle: pip install -e '.[test]'")
-    vocab = llama_cpp.Llama(model_path=str(smollm2_path()), vocab_only=True, verbose=False)
+    vocab = oracle.Llama(smollm2_path(), vocab_only=True)
     text = "Hello, world! 你好，世界 <|im_start|>"
     tokens = server.post("/tokenize", json={"content": text}).json()["tokens"]
-    assert tokens == vocab.tokenize(text.encode(), add_bos=False, special=True)
+    assert tokens == vocab.tokenize(text, add_bos=False)
     with_bos = server.post("/tokenize", json={"content": text, "add_special": True}).json()["tokens"]
-    assert with_bos == vocab.tokenize(text.encode(), add_bos=True, special=True)
+    assert with_bos == vocab.tokenize(text, add_bos=True)
     pieces = server.post("/tokenize", json={"content": "Hello world", "with_pieces": True}).json()["tokens"]
     assert "".join(p["piece"] for p in pieces) == "Hello world"
-    plain = [t for t in tokens if t != vocab.tokenize(b"<|im_start|>", add_bos=False, special=True)[0]]
+    plain = [t for t in tokens if t != vocab.tokenize("<|im_start|>", add_bos=False)[0]]
     assert server.post("/detokenize", json={"tokens": plain}).json() == {"content": "Hello, world! 你好，世界 "}
 
 

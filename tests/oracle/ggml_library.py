@@ -1,4 +1,5 @@
 """llama.cpp's compiled ggml CPU library (from llama-cpp-python), called through ctypes, as a test oracle.
+It runs in the oracle's worker process (oracle/worker.py); tests reach it as `oracle.ggml()`.
 
 `Ggml.mul_mat(t, raw, x)` runs a real GGML_OP_MUL_MAT graph on the CPU backend, so it takes the path
 llama.cpp takes for those shapes: llamafile's tinyBLAS, the tiled K-quant kernels, or the vec_dot
@@ -85,14 +86,34 @@ class Ggml:
         cpu.ggml_backend_cpu_set_n_threads.argtypes = [_P, ctypes.c_int]
         self._repack_buft = getattr(cpu, "_Z35ggml_backend_cpu_repack_buffer_typev")
         self._repack_buft.restype = _P
-        self.has_avx2 = bool(cpu.ggml_cpu_has_avx2())
-        self.has_avx512 = bool(cpu.ggml_cpu_has_avx512())
+        base.ggml_quantize_chunk.restype = ctypes.c_size_t
+        base.ggml_quantize_chunk.argtypes = [ctypes.c_int, _P, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _P]
+
+    def build(self) -> dict[str, bool]:
+        """The instruction sets this ggml was compiled for (ggml_cpu_has_*)."""
+        names = ["sse3", "avx", "avx2", "fma", "f16c", "avx512", "avx512_vbmi", "avx512_vnni", "avx512_bf16",
+                 "avx_vnni", "amx_int8"]
+        return {n: bool(getattr(self.cpu, f"ggml_cpu_has_{n}")()) for n in names if hasattr(self.cpu, f"ggml_cpu_has_{n}")}
 
     def sizes(self, t) -> tuple[int, int]:
         return self.base.ggml_blck_size(int(t)), self.base.ggml_type_size(int(t))
 
     def traits(self, t) -> _Traits:
         return self.cpu.ggml_get_type_traits_cpu(int(t)).contents
+
+    def vec_dot_type(self, t) -> int:
+        """The activation type ggml quantizes to before the type's vec_dot."""
+        return int(self.traits(t).vec_dot_type)
+
+    def quantize_chunk(self, t, x: np.ndarray) -> np.ndarray:
+        """(rows, row_bytes) uint8: ggml_quantize_chunk of float32 rows x, no importance matrix."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        block, size = self.sizes(t)
+        out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
+        written = self.base.ggml_quantize_chunk(int(t), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
+        if written != out.nbytes:
+            raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.nbytes}")
+        return out
 
     def from_float(self, t, x: np.ndarray) -> np.ndarray:
         """One float32 row quantized by ggml's from_float of type t, as bytes."""
