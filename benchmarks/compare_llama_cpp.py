@@ -5,7 +5,7 @@
 For each model it alternates one camelid run and one llama.cpp run of each test, r times, so that
 whatever else the machine does affects both alike, and prints the medians and the ratio
 camelid / llama.cpp. Both engines see the same random prompt tokens and feed generation tokens one
-at a time without sampling, as llama-bench does. Needs the test extra (llama-cpp-python).
+at a time without sampling, as llama-bench does. Needs llama-cpp-python built for this CPU: python tests/oracle/install.py.
 """
 
 from __future__ import annotations
