@@ -22,7 +22,8 @@ from server_process import ROOT, ServerProcess
 from tiny_gguf import write_tiny_model
 
 import camelid
-from camelid.server.app import HostCheck, create_app
+from camelid.server.app import create_app
+from camelid.server.host_check import HostCheck
 
 PORT = 8080
 OURS = f"http://127.0.0.1:{PORT}"

@@ -81,7 +81,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     import camelid
-    from camelid.server.app import HostCheck, create_app
+    from camelid.server.app import create_app
+    from camelid.server.host_check import HostCheck
 
     hosts = HostCheck.for_address(host, port, args.allowed_host)
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
