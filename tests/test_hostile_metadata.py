@@ -71,14 +71,9 @@ def base_qwen(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def numba_cache(tmp_path_factory) -> Path:
-    """A private kernel cache: bounds-checked kernels must not land in (or be loaded from) the shared one."""
-    return tmp_path_factory.mktemp("numba-cache")
-
-
-def cli_run(path: Path, numba_cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CAMELID_BOUNDSCHECK": "1", "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(numba_cache)}
+def cli_run(path: Path) -> subprocess.CompletedProcess:
+    # bounds-checked kernels get their own Numba cache: camelid.compile_cache keys on CAMELID_BOUNDSCHECK
+    env = {**os.environ, "CAMELID_BOUNDSCHECK": "1"}
     return subprocess.run([sys.executable, "-m", "camelid", "run", "-m", str(path), "-p", "hi", "-n", "1"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
@@ -167,22 +162,22 @@ def test_config_refuses(name, base, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_cli_run_refuses_with_one_line(name, base, tmp_path, numba_cache):
-    result = cli_run(hostile_file(name, base, tmp_path), numba_cache)
+def test_cli_run_refuses_with_one_line(name, base, tmp_path):
+    result = cli_run(hostile_file(name, base, tmp_path))
     assert_one_line_error(result, *CASES[name][2])
 
 
-def test_qwen2_with_only_some_biases(base_qwen, tmp_path, numba_cache):
+def test_qwen2_with_only_some_biases(base_qwen, tmp_path):
     path = rewrite(base_qwen, tmp_path / "no-k-bias.gguf", tensors={"blk.1.attn_k.bias": DROP})
-    assert_one_line_error(cli_run(path, numba_cache), "layer 1", "biases")
+    assert_one_line_error(cli_run(path), "layer 1", "biases")
 
 
-def test_tensor_with_too_many_dimensions(base, tmp_path, numba_cache):
+def test_tensor_with_too_many_dimensions(base, tmp_path):
     path = rewrite(base, tmp_path / "five-dims.gguf", tensors={"extra.weight": np.zeros((1, 1, 1, 2, 32), np.float32)})
-    assert_one_line_error(cli_run(path, numba_cache), "extra.weight", "5 dimensions")
+    assert_one_line_error(cli_run(path), "extra.weight", "5 dimensions")
 
 
-def test_tensor_larger_than_ggml_can_index(base, tmp_path, numba_cache):
+def test_tensor_larger_than_ggml_can_index(base, tmp_path):
     """ne of 2^40 x 2^40 overflowed NumPy's int64 product to 0 rows, which passed the size check."""
     path = rewrite(base, tmp_path / "huge.gguf", tensors={"extra.weight": np.zeros((1, 32), np.float32)})
     data = bytearray(path.read_bytes())
@@ -192,7 +187,7 @@ def test_tensor_larger_than_ggml_can_index(base, tmp_path, numba_cache):
     data[at + 4:at + 12] = (1 << 40).to_bytes(8, "little")
     data[at + 12:at + 20] = (1 << 40).to_bytes(8, "little")
     path.write_bytes(bytes(data))
-    assert_one_line_error(cli_run(path, numba_cache), "extra.weight")
+    assert_one_line_error(cli_run(path), "extra.weight")
 
 
 def test_valid_tiny_model_still_runs(base):
