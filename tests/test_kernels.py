@@ -125,12 +125,12 @@ def test_integer_dots_without_vnni_equal_the_checked_kernels(simd_path, tmp_path
     # CPUs without AVX-512 VNNI build the same integer sums from vpmaddubsw/vpmaddwd; this machine
     # runs those instructions too, in a process that is made to choose them, and every output must
     # equal the kernels checked against ggml above.
-    from camelid.quant import simd
+    from camelid.cpu import simd
 
     if simd.INT8_DOT not in ("vnni", "avx512bw"):
         pytest.skip("needs a CPU with AVX-512")
     script = "import sys, numpy as np; sys.path.insert(0, %r); from test_kernels import cross_products; " \
-             "from camelid.quant import simd; assert simd.INT8_DOT == %r; np.savez(%r, *cross_products())" % (
+             "from camelid.cpu import simd; assert simd.INT8_DOT == %r; np.savez(%r, *cross_products())" % (
                  os.path.dirname(__file__), simd_path, str(tmp_path / "out.npz"))
     env = dict(os.environ, CAMELID_SIMD=simd_path)  # camelid.compile_cache gives the path its own Numba cache
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
@@ -151,7 +151,7 @@ def test_every_supported_type_has_an_exact_kernel():
 def kernel_path(request, monkeypatch):
     """Both kernels of the quantized types: integer dot products (VNNI here, see simd.INT8_DOT) and
     the portable float32 ones."""
-    from camelid.quant import simd
+    from camelid.cpu import simd
 
     if request.param == "int8" and simd.INT8_DOT is None:
         pytest.skip("this CPU has no usable integer dot product instructions")
@@ -254,7 +254,7 @@ def test_q8_k_quantizer_matches_numpy_reference():
 def test_round_f16_matches_numpy():
     from numba import njit
 
-    from camelid.quant.ggml_math import round_f16
+    from camelid.cpu.ggml_math import round_f16
 
     @njit
     def rounded(a, out):

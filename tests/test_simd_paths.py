@@ -1,6 +1,6 @@
 """Every SIMD path camelid ships, tested wherever this CPU can run it.
 
-camelid chooses its integer dot product at run time (camelid.quant.simd): "vnni", "avx512bw", "avx2",
+camelid chooses its integer dot product at run time (camelid.cpu.simd): "vnni", "avx512bw", "avx2",
 or "none" (the float32 kernels). The rest of the suite tests the path this CPU chooses; here each other
 path the CPU can run is forced with CAMELID_SIMD in its own pytest process (with its own Numba cache,
 camelid.compile_cache keys on the path) that runs the kernel tests and the end-to-end agreement with
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from llvmlite import binding as llvm_binding
 
-from camelid.quant import simd
+from camelid.cpu import simd
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ["vnni", "avx512bw", "avx2", "none"]

@@ -96,7 +96,7 @@ def test_numba_cache_key_follows_inlined_helpers_and_switches(tmp_path, monkeypa
     monkeypatch.delenv("CAMELID_SIMD", raising=False)
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     key = compile_cache.cache_key()
-    helper = package / "quant" / "ggml_math.py"  # inlined into the kernels of other files
+    helper = package / "cpu" / "ggml_math.py"  # inlined into the kernels of other files
     helper.write_text(helper.read_text() + "\n# an edit\n")
     edited = compile_cache.cache_key()
     assert edited != key

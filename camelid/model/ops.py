@@ -1,7 +1,7 @@
 """The transformer's non-matmul operations, with llama.cpp's numerics bit for bit.
 
 Each op works on float32 and rounds exactly where llama.cpp's x86 AVX-512 CPU path rounds (see
-camelid.quant.ggml_math for the primitives): RMSNorm's float64 sum, RoPE with glibc's cosf/sinf and
+camelid.cpu.ggml_math for the primitives): RMSNorm's float64 sum, RoPE with glibc's cosf/sinf and
 GCC's fused multiply-adds, SwiGLU with ggml_v_silu, and the attention as ggml's non-flash path runs
 it: float16 keys and values, queries and attention weights rounded to float16, the two products in
 tinyBLAS's or ggml_vec_dot_f16's lane order, and ggml's softmax with ggml_v_expf.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from camelid.quant import simd
-from camelid.quant.ggml_math import f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
+from camelid.cpu import simd
+from camelid.cpu.ggml_math import f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
 
 U = np.uint64
 

@@ -40,9 +40,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
-from camelid.quant import simd
+from camelid.cpu import simd
 from camelid.quant.blocks import BLOCK_TYPES
-from camelid.quant.ggml_math import f16_to_f32, fma32, round_f16
+from camelid.cpu.ggml_math import f16_to_f32, fma32, round_f16
 from camelid.quant.nibbles import acts2, acts4, load2, load4, pack_nibbles
 
 T = GGMLQuantizationType

@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.quant.activations import fake_quantize
-from camelid.quant.ggml_math import f32_as_u32, fma32, hsum16, u32_as_f32
+from camelid.cpu.ggml_math import f32_as_u32, fma32, hsum16, u32_as_f32
 
 T = GGMLQuantizationType
 U = np.uint64

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from camelid.quant import simd as v
+from camelid.cpu import simd as v
 from camelid.quant.blocks import BLOCK_TYPES
 from camelid.quant.kernels import _quantize_q8, interleave_rows
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from camelid.quant.ggml_math import f16_to_f32, f32_as_u32
+from camelid.cpu.ggml_math import f16_to_f32, f32_as_u32
 
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)

@@ -77,7 +77,7 @@ def mode() -> Mode:
     """The mode of this run (asks the oracle's worker what its ggml was built for)."""
     import importlib.util
 
-    from camelid.quant import simd
+    from camelid.cpu import simd
 
     camelid_simd = simd.INT8_DOT or "none"
     if importlib.util.find_spec("llama_cpp") is None:
