@@ -25,7 +25,7 @@ from gguf import GGMLQuantizationType as T
 
 from camelid.quant import QTensor, registered_kernel
 from camelid.quant.activations import fake_quantize, q8_1_sum_correction, quantize_q8_0, quantize_q8_1
-from camelid.quant.blocks import BLOCK_TYPES, SUPPORTED_TYPES
+from camelid.quant.types import BLOCK_TYPES, SUPPORTED_TYPES
 
 import oracle
 from oracle.mode import assert_kernel_matches

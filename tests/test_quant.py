@@ -22,7 +22,7 @@ from camelid.errors import CamelidError
 from camelid.formats.gguf import TensorInfo, open_gguf
 from camelid.quant import activations, qtensor
 from camelid.quant.activations import VEC_DOT_TYPE, fake_quantize, q8_1_sum_correction, quantize_q8_0, quantize_q8_1, quantize_q8_K
-from camelid.quant.blocks import BLOCK_TYPES, SUPPORTED_TYPES, block_layout, check_supported, dequantize
+from camelid.quant.types import BLOCK_TYPES, SUPPORTED_TYPES, block_layout, check_supported, dequantize
 from camelid.quant.qtensor import QTensor, load_vector, register_kernel
 
 QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]

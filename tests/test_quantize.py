@@ -1,4 +1,4 @@
-"""camelid.quant.quantize against two independent oracles: gguf-py's reference `gguf.quants.quantize`
+"""camelid.quant.encode against two independent oracles: gguf-py's reference `gguf.quants.quantize`
 (for the types it implements) and llama.cpp's own `ggml_quantize_chunk` from the compiled ggml library
 (what `llama-quantize` calls), bit for bit."""
 
@@ -12,8 +12,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from camelid.errors import CamelidError
-from camelid.quant.blocks import dequantize
-from camelid.quant.quantize import QUANTIZE_TYPES, quantize_rows
+from camelid.quant.types import dequantize
+from camelid.quant.encode import QUANTIZE_TYPES, quantize_rows
 
 import oracle
 
@@ -83,7 +83,7 @@ def test_f16_bits_match_numpy_on_every_range():
     """put_f16 (the K-quant scales) rounds like IEEE nearest-even: normals, subnormals, overflow, zero."""
     from numba import njit
 
-    from camelid.quant.quantize_k import put_f16
+    from camelid.quant.encode_k import put_f16
 
     @njit
     def all_f16(v, out):

@@ -167,7 +167,7 @@ def test_unwritable_output_is_a_clear_error(tiny_f16, capsys):
 
 
 def test_failure_mid_write_leaves_no_file(tiny_f16, tmp_path, monkeypatch, capsys):
-    import camelid.quant.quantize as quantize
+    import camelid.quant.encode as quantize
 
     calls = []
     real = quantize.quantize_rows

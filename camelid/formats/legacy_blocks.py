@@ -31,7 +31,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit
 
 from camelid.errors import CamelidError
-from camelid.quant.blocks import BLOCK_TYPES
+from camelid.quant.types import BLOCK_TYPES
 
 T = GGMLQuantizationType
 

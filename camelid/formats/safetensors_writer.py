@@ -51,7 +51,7 @@ def _encode(tensor: SafetensorsTensor, data: np.ndarray) -> np.ndarray:
     if tensor.outtype == "bf16":
         from gguf.constants import GGMLQuantizationType
 
-        from camelid.quant.quantize import quantize_rows
+        from camelid.quant.encode import quantize_rows
 
         return quantize_rows(data.reshape(1, -1), GGMLQuantizationType.BF16).reshape(-1)  # uint8 bytes
     data = np.ascontiguousarray(data, dtype=OUTTYPES[tensor.outtype][1])

@@ -3,7 +3,7 @@
 `quantize_rows(x, ggml_type)` maps a float32 `(n_rows, n_cols)` array to the raw blocks
 `(n_rows, row_bytes)` uint8 that a GGUF file stores. The 32-weight types (Q8_0, Q4_0, Q4_1, Q5_0,
 Q5_1) follow ggml's `quantize_row_*_ref` (equal to gguf-py's `gguf.quants.quantize`); the K-quants
-live in `quantize_k.py`. K-quant rows are quantized in parallel with Numba (`numba.set_num_threads`
+live in `encode_k.py`. K-quant rows are quantized in parallel with Numba (`numba.set_num_threads`
 or `camelid.threads.set_threads` chooses how many threads); every row is independent, so the result
 does not depend on the thread count. F32, F16 and BF16 are converted with NumPy.
 """
@@ -16,7 +16,7 @@ from gguf.constants import GGML_QUANT_SIZES
 from numba import njit
 
 from camelid.errors import CamelidError
-from camelid.quant.quantize_k import F0, F1, put_f16, rows_q4_k, rows_q5_k, rows_q6_k
+from camelid.quant.encode_k import F0, F1, put_f16, rows_q4_k, rows_q5_k, rows_q6_k
 
 T = GGMLQuantizationType
 _FLT_MAX = np.float32(3.4028234663852886e38)

@@ -41,7 +41,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.cpu import simd
-from camelid.quant.blocks import BLOCK_TYPES
+from camelid.quant.types import BLOCK_TYPES
 from camelid.cpu.ggml_math import f16_to_f32, fma32, round_f16
 from camelid.quant.nibbles import acts2, acts4, load2, load4, pack_nibbles
 

@@ -28,7 +28,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.quant.activations import quantize_q8_K
-from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
+from camelid.quant.types import BLOCK_TYPES, k_scales_mins
 from camelid.cpu.ggml_math import fma32, hsum8
 from camelid.quant.kernels import interleave_rows
 from camelid.quant.nibbles import acts4, load4, pack_nibbles

@@ -28,7 +28,7 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.cpu import simd as v
-from camelid.quant.blocks import BLOCK_TYPES, k_scales_mins
+from camelid.quant.types import BLOCK_TYPES, k_scales_mins
 from camelid.quant.kernels import interleave_rows
 from camelid.quant.kernels_vnni import ROWS, _n_chunks, _step_codes, _steps_interleaved, _store_rows, pack_nibble_codes
 

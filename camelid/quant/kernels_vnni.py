@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from camelid.cpu import simd as v
-from camelid.quant.blocks import BLOCK_TYPES
+from camelid.quant.types import BLOCK_TYPES
 from camelid.quant.kernels import _quantize_q8, interleave_rows
 
 U = np.uint64

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType
 from camelid.errors import CamelidError
 from camelid.formats.gguf import TensorInfo, release_mapped_pages
 from camelid.quant.activations import fake_quantize, q8_1_sum_correction
-from camelid.quant.blocks import BlockType, check_supported, dequantize
+from camelid.quant.types import BlockType, check_supported, dequantize
 
 T = GGMLQuantizationType
 TILE_BYTES = 16 << 20  # float32 bytes of weights dequantized per BLAS call

@@ -158,7 +158,7 @@ _CHUNK_WEIGHTS = 1 << 22  # quantize about 4M weights (16 MB as float32) at a ti
 def _quantize(x: np.ndarray, ggml_type: T) -> np.ndarray:
     """float (n_rows, n_cols) -> uint8 (n_rows, row_bytes) blocks of `ggml_type`, a chunk of rows at a time
     so a float16 source is widened to float32 only one chunk at a time."""
-    from camelid.quant.quantize import quantize_rows
+    from camelid.quant.encode import quantize_rows
 
     n_rows, n_cols = x.shape
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]

@@ -288,8 +288,8 @@ def _producer(info, new_type: T):
     blocks (n_rows, row_bytes) of new_type, dequantized and quantized a chunk of rows at a time."""
 
     def produce() -> np.ndarray:
-        from camelid.quant.blocks import dequantize
-        from camelid.quant.quantize import quantize_rows, row_bytes
+        from camelid.quant.types import dequantize
+        from camelid.quant.encode import quantize_rows, row_bytes
 
         raw = info.raw
         if info.ggml_type == new_type:
@@ -328,7 +328,7 @@ def quantize_file(src: str, dst: str | None, type_name: str, allow_requantize: b
     """
     from camelid.formats.gguf_writer import PlannedTensor, write_gguf
     from camelid.formats.model_file import open_model_file
-    from camelid.quant.blocks import check_supported
+    from camelid.quant.types import check_supported
     from camelid.threads import set_threads
 
     ft = parse_file_type(type_name)
