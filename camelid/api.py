@@ -12,6 +12,7 @@ from camelid.chat.template import ChatTemplate, template_for
 from camelid.default_model import default_model_path
 from camelid.errors import CamelidError
 from camelid.formats.model_file import open_model_file
+from camelid.hub import resolve_model
 from camelid.threads import set_threads
 from camelid.generate import GenerationChunk, stream_generate
 from camelid.model.cache import KVCache
@@ -120,10 +121,13 @@ def load(
 ) -> Model:
     """Load a GGUF model (memory-mapped); with no path, the default SmolLM2-135M-Instruct model.
 
+    path may also name a model to pull (qwen2.5:0.5b, hf.co/USER/REPO:Q4_K_M, modelscope.cn/USER/REPO):
+    the local copy loads, downloaded first if it is missing (see camelid.hub).
+
     n_ctx is the context size in tokens (default: min(4096, the model's training context));
     chat_template overrides the file's template: "chatml", "llama2", "alpaca" or a Jinja source;
     n_threads is the number of threads for the kernels (default: the physical cores).
     """
     set_threads(n_threads)
-    path = default_model_path() if path is None else os.fspath(path)
+    path = default_model_path() if path is None else resolve_model(path)
     return Model(path, n_ctx=n_ctx, chat_template=chat_template, show_progress=show_progress)

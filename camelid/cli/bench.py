@@ -11,7 +11,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure prompt and generation speed (like llama-bench)",
                        description="Measure prompt processing and generation speed in tokens/s, as llama-bench does: "
                                    "random tokens, no sampling, a warm-up run, then -r repetitions.")
-    p.add_argument("-m", "--model", help="GGUF model file (default: the default model)")
+    p.add_argument("-m", "--model", help="GGUF model file, or a name to pull: qwen2.5:0.5b, hf.co/USER/REPO:Q4_K_M (default: the default model)")
     p.add_argument("-p", "--n-prompt", type=int, default=512, metavar="N", help="prompt tokens per prompt test (default 512; 0 skips it)")
     p.add_argument("-n", "--n-gen", type=int, default=128, metavar="N", help="tokens per generation test (default 128; 0 skips it)")
     p.add_argument("-b", "--batch-size", type=int, default=512, metavar="N", help="prompt tokens per forward pass (default 512)")

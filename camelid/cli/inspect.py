@@ -14,7 +14,7 @@ def register(sub) -> None:
         description="Show the metadata, tensor table (name, type, shape in ggml order, size), totals per type and "
                     "tokenizer of a GGUF or 2023 ggml/ggmf/ggjt model file.",
     )
-    p.add_argument("file", metavar="FILE", help="model file (.gguf or legacy .bin)")
+    p.add_argument("file", metavar="FILE", help="model file (.gguf or legacy .bin), or a pulled model's name")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--no-tensors", action="store_true", help="leave out the per-tensor table")
     p.set_defaults(handler=run)
@@ -152,7 +152,9 @@ def _print_text(d: dict, with_tensors: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    d = describe(args.file)
+    from camelid.hub import resolve_model
+
+    d = describe(resolve_model(args.file))
     if args.no_tensors:
         d.pop("tensors")
     if args.json:

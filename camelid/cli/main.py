@@ -12,6 +12,8 @@ from camelid.cli import chat
 from camelid.cli import convert
 from camelid.cli import inspect
 from camelid.cli import merge_lora
+from camelid.cli import models
+from camelid.cli import pull
 from camelid.cli import quantize
 from camelid.cli import run
 from camelid.cli import serve
@@ -27,6 +29,8 @@ SUBCOMMANDS = (
     quantize,
     inspect,
     bench,
+    pull,
+    models,
 )
 
 

@@ -23,7 +23,7 @@ def default_data_dir() -> Path:
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API and a web chat page",
                        description="Serve the model over HTTP: the OpenAI API under /v1 and a chat page at /.")
-    p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file, or a name to pull: qwen2.5:0.5b, hf.co/USER/REPO:Q4_K_M (default: SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("CAMELID_API_KEY"),
