@@ -16,7 +16,7 @@ from camelid.hub import resolve_model
 from camelid.threads import set_threads
 from camelid.generate import GenerationChunk, stream_generate
 from camelid.model.cache import KVCache
-from camelid.model.llama import LlamaModel
+from camelid.model.architectures import load_network
 from camelid.sampling import SamplingParams
 from camelid.tokenizer import Tokenizer
 
@@ -34,7 +34,7 @@ class Model:
         gguf = open_model_file(path, show_progress=show_progress)
         self.path = gguf.path
         self.metadata = gguf.metadata
-        self.network = LlamaModel(gguf, show_progress=show_progress)
+        self.network = load_network(gguf, show_progress=show_progress)
         self.config = self.network.config
         self.tokenizer = Tokenizer.from_metadata(gguf.metadata)
         if self.tokenizer.n_vocab > self.network.n_vocab:

@@ -213,17 +213,19 @@ class ChatTemplate:
     def __repr__(self) -> str:
         return f"ChatTemplate(name={self.name!r})"
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **variables: Any) -> str:
         """The prompt text for messages ([{"role": "system"|"user"|"assistant", "content": str}, ...]).
 
-        With add_generation_prompt the text ends where the assistant's reply begins.
+        With add_generation_prompt the text ends where the assistant's reply begins. `variables` are
+        passed to the template as they are, e.g. enable_thinking=False for Qwen3's template.
         """
         checked = _check_messages(messages)
         with render_budget():
             try:
                 return self._template.render(
                     messages=checked, add_generation_prompt=bool(add_generation_prompt),
-                    bos_token=self.bos_token, eos_token=self.eos_token, tools=None, documents=None,
+                    **{"tools": None, "documents": None, **variables},
+                    bos_token=self.bos_token, eos_token=self.eos_token,
                 )
             except OverBudget as e:
                 raise _OverBudgetError(

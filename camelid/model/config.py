@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 from typing import Any, Mapping
 
 from camelid.errors import CamelidError
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
 # Architectures whose GGUF q/k weights expect the NeoX RoPE layout (rotate x[i] with x[i + d/2]);
 # the others use the "normal" layout (rotate x[2i] with x[2i+1]), as llama.cpp's llama_model_rope_type.
-NEOX_ROPE_ARCHITECTURES = ("qwen2",)
+NEOX_ROPE_ARCHITECTURES = ("qwen2", "qwen3", "gemma3", "phi3")
+# gemma3's default sliding-window pattern: of every 6 layers the first 5 are windowed (llama.cpp's load_swa_pattern).
+GEMMA3_SWA_PATTERN = 6
 # No real model comes near this in any size; it keeps every product of sizes well inside int64.
 MAX_SIZE = (1 << 31) - 1
 
@@ -24,7 +28,7 @@ MAX_SIZE = (1 << 31) - 1
 class Config:
     """Hyper-parameters of a LLaMA-family transformer, named after their GGUF keys."""
 
-    arch: str  # general.architecture: "llama" or "qwen2"
+    arch: str  # general.architecture: one of SUPPORTED_ARCHITECTURES
     n_vocab: int  # rows of token_embd
     n_embd: int  # {arch}.embedding_length: width of the residual stream
     n_layer: int  # {arch}.block_count
@@ -39,6 +43,13 @@ class Config:
     rope_scale: float  # linear RoPE scaling: positions are divided by this ({arch}.rope.scaling.factor)
     rope_neox: bool  # True: rotate (x[i], x[i + rope_dim/2]); False: rotate (x[2i], x[2i+1])
     tied_output: bool  # True when the file has no output.weight and token_embd is reused
+    sliding_window: int = 0  # {arch}.attention.sliding_window: positions a windowed layer sees (0: no window)
+    swa_layers: tuple[bool, ...] = ()  # per layer, True where the sliding window applies (empty: none)
+    rope_base_swa: float = 10000.0  # {arch}.rope.freq_base_swa: RoPE base of the windowed layers (gemma3)
+    q_scale: float = 0.0  # gemma3, phi3: q is multiplied by this before attention, whose scale is then 1 (0: unused)
+    embd_scale: float = 1.0  # token embeddings are multiplied by this in float32 (gemma3: sqrt(n_embd))
+    ffn_gelu: bool = False  # True: GeGLU with tanh GELU (gemma3); False: SwiGLU
+    logit_softcap: float = 0.0  # {arch}.final_logit_softcapping: logits -> c * tanh(logits / c) (0: none)
 
     @property
     def n_group(self) -> int:
@@ -58,7 +69,7 @@ class Config:
         if arch not in SUPPORTED_ARCHITECTURES:
             raise CamelidError(
                 f"{path}: architecture {arch!r} is not supported; camelid runs {', '.join(SUPPORTED_ARCHITECTURES)} "
-                "(LLaMA 1/2/3, Mistral, SmolLM2, Chinese-LLaMA/Alpaca, Qwen 1.5/2/2.5)."
+                "(LLaMA 1/2/3, Mistral, SmolLM2, Chinese-LLaMA/Alpaca, Qwen 1.5/2/2.5/3, Gemma 3, Phi-3/Phi-4-mini)."
             )
         read = _MetadataReader(meta, arch, path)
         n_embd = read.size("embedding_length")
@@ -87,11 +98,12 @@ class Config:
         rms_eps = read.number("attention.layer_norm_rms_epsilon", 1e-5)
         if rms_eps < 0:
             read.fail(f"{arch}.attention.layer_norm_rms_epsilon is {rms_eps}; it must not be negative")
+        n_layer = read.size("block_count")
         return cls(
             arch=arch,
             n_vocab=_vocab_size(read, tensor_shapes, n_embd),
             n_embd=n_embd,
-            n_layer=read.size("block_count"),
+            n_layer=n_layer,
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim=head_dim,
@@ -103,6 +115,7 @@ class Config:
             rope_scale=rope_scale,
             rope_neox=arch in NEOX_ROPE_ARCHITECTURES,
             tied_output="output.weight" not in tensor_shapes,
+            **_arch_fields(read, arch, n_embd, n_layer, head_dim),
         )
 
 
@@ -136,6 +149,33 @@ class _MetadataReader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             self.fail(f"{self.arch}.{name} is {_show(value)}, not a finite number")
         return float(value)
+
+
+def _arch_fields(read: "_MetadataReader", arch: str, n_embd: int, n_layer: int, head_dim: int) -> dict[str, Any]:
+    """The Config fields only some architectures set, as llama.cpp's load_arch_hparams reads them.
+
+    A llama file that declares {arch}.attention.sliding_window (Mistral 7B v0.1 converted with its
+    window) gets the window on every layer, as transformers' MistralForCausalLM runs it; llama.cpp
+    ignores the key for llama (and its converter does not write it), so the two part beyond it.
+    """
+    window = read.meta.get(f"{arch}.attention.sliding_window", 0)
+    if arch == "llama" and window:
+        return dict(sliding_window=read.size("attention.sliding_window"), swa_layers=(True,) * n_layer)
+    if arch == "phi3":  # llama.cpp scales q before attention and ignores Phi-3's window
+        return dict(q_scale=float(np.float32(1.0) / np.sqrt(np.float32(head_dim))))
+    if arch != "gemma3":
+        return {}
+    # llama.cpp: 1/sqrt(head_dim), except Gemma 3 27B (62 layers): 1/sqrt(n_embd / n_head)
+    q_dim = n_embd // read.size("attention.head_count") if n_layer == 62 else head_dim
+    fields: dict[str, Any] = dict(q_scale=float(np.float32(1.0) / np.sqrt(np.float32(q_dim))),
+                                  embd_scale=float(np.sqrt(np.float32(n_embd))), ffn_gelu=True,
+                                  logit_softcap=read.number("final_logit_softcapping", 0.0))
+    if window:
+        pattern = read.size("attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
+        fields.update(sliding_window=read.size("attention.sliding_window"),
+                      swa_layers=tuple(i % pattern < pattern - 1 for i in range(n_layer)),
+                      rope_base_swa=read.number("rope.freq_base_swa", 10000.0))
+    return fields
 
 
 def _show(value: Any) -> str:

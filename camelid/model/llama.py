@@ -1,4 +1,10 @@
-"""The LLaMA-family transformer (llama, qwen2): weights named as in GGUF, and the forward pass."""
+"""The LLaMA-family transformer (llama, qwen2): weights named as in GGUF, and the forward pass.
+
+Other architectures (model/qwen3.py, model/gemma3.py) subclass LlamaModel: they name the extra
+per-layer norms they load (`extra_norms`), and the forward pass applies whatever a Block carries
+(q/k norms, post-attention and post-FFN norms) and the Config asks for (embedding scale, GeGLU,
+sliding-window layers with their own RoPE, final logit soft-capping).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from camelid.errors import CamelidError
 from camelid.formats.gguf import GGUFFile
 from camelid.model.cache import KVCache
 from camelid.model.config import Config
-from camelid.model.ops import Rope, attention, rms_norm, silu_mul
+from camelid.model.ops import Rope, attention, gelu_mul, rms_norm, silu_mul
 from camelid.quant import QTensor, load_vector
 from camelid.quant.qtensor import StackedMatrices
 from camelid.quant.kernels import kernels_compiled
@@ -25,25 +31,37 @@ class Block:
     """One transformer layer. Matrices are (n_out, n_in); vectors float32."""
 
     attn_norm: np.ndarray  # (n_embd,)
-    attn_q: QTensor  # (n_head * head_dim, n_embd)
-    attn_k: QTensor  # (n_head_kv * head_dim, n_embd)
-    attn_v: QTensor  # (n_head_kv * head_dim, n_embd)
+    attn_q: QTensor | None  # (n_head * head_dim, n_embd); None where attn_qkv is given fused (phi3)
+    attn_k: QTensor | None  # (n_head_kv * head_dim, n_embd)
+    attn_v: QTensor | None  # (n_head_kv * head_dim, n_embd)
     attn_q_bias: np.ndarray | None  # (n_head * head_dim,): qwen2 only
     attn_k_bias: np.ndarray | None  # (n_head_kv * head_dim,)
     attn_v_bias: np.ndarray | None  # (n_head_kv * head_dim,)
     attn_output: QTensor  # (n_embd, n_head * head_dim)
     ffn_norm: np.ndarray  # (n_embd,)
-    ffn_gate: QTensor  # (n_ff, n_embd)
-    ffn_up: QTensor  # (n_ff, n_embd)
+    ffn_gate: QTensor | None  # (n_ff, n_embd); None where ffn_gate_up is given fused (phi3)
+    ffn_up: QTensor | None  # (n_ff, n_embd)
     ffn_down: QTensor  # (n_embd, n_ff)
+    attn_q_norm: np.ndarray | None = None  # (head_dim,): RMSNorm of each query head before RoPE (qwen3, gemma3)
+    attn_k_norm: np.ndarray | None = None  # (head_dim,): the same for each key head
+    attn_post_norm: np.ndarray | None = None  # (n_embd,): RMSNorm of the attention output (gemma3)
+    ffn_post_norm: np.ndarray | None = None  # (n_embd,): RMSNorm of the FFN output (gemma3)
+    attn_qkv: StackedMatrices | None = None  # q, k, v in one product; built from attn_q/k/v when not given
+    ffn_gate_up: StackedMatrices | None = None  # gate then up in one product; built from ffn_gate/up when not given
 
     def __post_init__(self):
-        self.attn_qkv = StackedMatrices([self.attn_q, self.attn_k, self.attn_v])  # one product for q, k, v
-        self.ffn_gate_up = StackedMatrices([self.ffn_gate, self.ffn_up])
+        if self.attn_qkv is None:
+            self.attn_qkv = StackedMatrices([self.attn_q, self.attn_k, self.attn_v])
+        if self.ffn_gate_up is None:
+            self.ffn_gate_up = StackedMatrices([self.ffn_gate, self.ffn_up])
 
 
 class LlamaModel:
     """A loaded network: config, weights in their file types, and forward()."""
+
+    # Block field -> (GGUF tensor suffix, "head" for (head_dim,) or "embd" for (n_embd,)): the
+    # norms an architecture's layers carry besides attn_norm and ffn_norm; all required.
+    extra_norms: dict[str, tuple[str, str]] = {}
 
     def __init__(self, gguf: GGUFFile, show_progress: bool = True):
         tensors = gguf.tensors
@@ -70,24 +88,33 @@ class LlamaModel:
             p = f"blk.{i}."
             self.blocks.append(Block(
                 attn_norm=vector(p + "attn_norm.weight", c.n_embd),
-                attn_q=matrix(p + "attn_q.weight", (q_dim, c.n_embd)),
-                attn_k=matrix(p + "attn_k.weight", (kv_dim, c.n_embd)),
-                attn_v=matrix(p + "attn_v.weight", (kv_dim, c.n_embd)),
+                **self._projections(p, matrix),
                 attn_q_bias=vector(p + "attn_q.bias", q_dim, optional=True),
                 attn_k_bias=vector(p + "attn_k.bias", kv_dim, optional=True),
                 attn_v_bias=vector(p + "attn_v.bias", kv_dim, optional=True),
                 attn_output=matrix(p + "attn_output.weight", (c.n_embd, q_dim)),
                 ffn_norm=vector(p + "ffn_norm.weight", c.n_embd),
-                ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)),
-                ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)),
                 ffn_down=matrix(p + "ffn_down.weight", (c.n_embd, c.n_ff)),
+                **{field: vector(p + suffix + ".weight", c.head_dim if size == "head" else c.n_embd)
+                   for field, (suffix, size) in self.extra_norms.items()},
             ))
             b = self.blocks[-1]
             if len({b.attn_q_bias is None, b.attn_k_bias is None, b.attn_v_bias is None}) > 1:
                 raise CamelidError(f"{gguf.path}: layer {i} has some of the attn_q/attn_k/attn_v biases but not all; the file is inconsistent.")
         freq_factors = vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
         self.rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, freq_factors)
+        # windowed layers rotate with their own base and no scaling (llama.cpp's *_train_swa)
+        rope_swa = Rope(c.head_dim, c.rope_dim, c.rope_base_swa, 1.0, c.rope_neox) if any(c.swa_layers) else None
+        self.ropes = [rope_swa if c.swa_layers and c.swa_layers[i] else self.rope for i in range(c.n_layer)]
         self._prepare_weights(show_progress)
+
+    def _projections(self, p: str, matrix) -> dict:
+        """Block fields of the q/k/v and gate/up matrices of the layer whose tensors start with p."""
+        c = self.config
+        q_dim, kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        return dict(attn_q=matrix(p + "attn_q.weight", (q_dim, c.n_embd)), attn_k=matrix(p + "attn_k.weight", (kv_dim, c.n_embd)),
+                    attn_v=matrix(p + "attn_v.weight", (kv_dim, c.n_embd)),
+                    ffn_gate=matrix(p + "ffn_gate.weight", (c.n_ff, c.n_embd)), ffn_up=matrix(p + "ffn_up.weight", (c.n_ff, c.n_embd)))
 
     def _tensor(self, tensors, name: str, shape: tuple[int, ...]):
         info = tensors.get(name)
@@ -145,6 +172,9 @@ class LlamaModel:
             return parts[-1] if last_only else np.concatenate(parts)
         positions = np.arange(start, start + n)
         x = self.token_embd.get_rows(tokens)  # (n, n_embd)
+        if c.embd_scale != 1.0:
+            x = x * np.float32(c.embd_scale)
+        activation = gelu_mul if c.ffn_gelu else silu_mul
         for layer, b in enumerate(self.blocks):
             h = rms_norm(x, b.attn_norm, c.rms_eps)
             q, k, v = b.attn_qkv.matmul(h)  # (n, n_head * head_dim), (n, n_head_kv * head_dim) x 2
@@ -152,15 +182,33 @@ class LlamaModel:
                 q += b.attn_q_bias
                 k += b.attn_k_bias
                 v += b.attn_v_bias
-            q = self.rope.apply(q.reshape(n, c.n_head, c.head_dim), positions)
-            k = self.rope.apply(k.reshape(n, c.n_head_kv, c.head_dim), positions)
+            if b.attn_q_norm is not None:  # per head: rows of head_dim
+                q = rms_norm(q.reshape(n * c.n_head, c.head_dim), b.attn_q_norm, c.rms_eps)
+                k = rms_norm(k.reshape(n * c.n_head_kv, c.head_dim), b.attn_k_norm, c.rms_eps)
+            rope = self.ropes[layer]
+            q = rope.apply(q.reshape(n, c.n_head, c.head_dim), positions)
+            k = rope.apply(k.reshape(n, c.n_head_kv, c.head_dim), positions)
+            if c.q_scale:
+                q *= np.float32(c.q_scale)
             cache.store(layer, start, k, v.reshape(n, c.n_head_kv, c.head_dim))
             end = start + n
-            att = attention(q, cache.k[layer, :end], cache.v[layer, :end], start)  # (n, n_head * head_dim)
-            x = x + b.attn_output.matmul(att)
+            window = c.sliding_window if c.swa_layers and c.swa_layers[layer] else 0
+            att = attention(q, cache.k[layer, :end], cache.v[layer, :end], start,
+                            scale=1.0 if c.q_scale else None, window=window)  # (n, n_head * head_dim)
+            y = b.attn_output.matmul(att)  # (n, n_embd)
+            if b.attn_post_norm is not None:
+                y = rms_norm(y, b.attn_post_norm, c.rms_eps)
+            x = x + y
             if last_only and layer == c.n_layer - 1:
                 x = x[-1:]  # as llama.cpp: the last feed-forward runs on the output rows only
             h = rms_norm(x, b.ffn_norm, c.rms_eps)
-            x = x + b.ffn_down.matmul(silu_mul(b.ffn_gate_up.matmul_joined(h)))
+            y = b.ffn_down.matmul(activation(b.ffn_gate_up.matmul_joined(h)))
+            if b.ffn_post_norm is not None:
+                y = rms_norm(y, b.ffn_post_norm, c.rms_eps)
+            x = x + y
         cache.tokens.extend(int(t) for t in tokens)
-        return self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))
+        logits = self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))  # (n, n_vocab)
+        if c.logit_softcap:
+            cap = np.float32(c.logit_softcap)
+            logits = np.tanh(logits * (np.float32(1.0) / cap)) * cap
+        return logits

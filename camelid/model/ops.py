@@ -9,6 +9,8 @@ tinyBLAS's or ggml_vec_dot_f16's lane order, and ggml's softmax with ggml_v_expf
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -71,6 +73,34 @@ def _swiglu(gate_up, out):
             of[o + i] = v_silu(gu[g + i]) * gu[g + um + i]
         for i in range(m16, um):
             of[o + i] = silu_f32(gu[g + i]) * gu[g + um + i]
+
+
+@functools.cache
+def _gelu_table() -> np.ndarray:
+    """ggml_table_gelu_f16 widened to float32: for each float16 bit pattern h, ggml_gelu_f32(h)
+    rounded to float16, with GCC's fused multiply-add in 1 + GELU_COEF_A*x*x. (65536,) float32."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(all="ignore"):
+        ax = np.float32(0.044715) * x
+        inner = (ax.astype(np.float64) * x + 1.0).astype(np.float32)  # fmaf(GELU_COEF_A*x, x, 1.0f)
+        t = np.tanh((np.float32(0.7978845608028654) * x) * inner)
+        y = (np.float32(0.5) * x) * (np.float32(1.0) + t)
+    return y.astype(np.float16).astype(np.float32)
+
+
+def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
+    """GeGLU's elementwise part: gelu_tanh(gate) * up, as ggml_vec_geglu_f32 with GGML_GELU_FP16,
+    from gate_up (n, 2 * n_ff) float32 holding gate then up in each row; returns (n, n_ff).
+
+    A gate value in (-10, 10) is rounded to float16 and looked up in ggml's float16 GELU table; at
+    or below -10 the result is 0, at or above 10 the gate passes unchanged.
+    """
+    gate_up = np.ascontiguousarray(gate_up, dtype=np.float32)
+    m = gate_up.shape[1] // 2
+    gate, up = gate_up[:, :m], gate_up[:, m:]  # (n, n_ff) each
+    g = _gelu_table()[gate.astype(np.float16).view(np.uint16)]
+    g = np.where(gate <= -10.0, np.float32(0.0), np.where(gate >= 10.0, gate, g))
+    return g * up
 
 
 class Rope:
@@ -167,12 +197,14 @@ def _rotate(x, cos, sin, rope_dim, neox):
                 x[t, h, i1] = fma32(x0, s, x1 * c)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float | None = None, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention, as ggml's non-flash path computes it.
 
     q (n, n_head, d) float32 for positions start..start+n-1; k, v (T, n_head_kv, d) float16 for
     positions 0..T-1 with T = start + n. Query head h reads key/value head h // (n_head / n_head_kv).
-    Returns (n, n_head * d) float32.
+    Returns (n, n_head * d) float32. The scores are multiplied by `scale` (default 1/sqrt(d)); with
+    `window` > 0 a query at position p sees only positions p - window + 1..p (llama.cpp's standard
+    sliding window: masked where p - t >= window).
 
     llama.cpp pads the number of cached positions it reads to a multiple of 256 and masks the extra
     ones; they contribute exact zeros, so only the lane structure they imply is reproduced. With
@@ -189,10 +221,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     _round_f16_all(np.ascontiguousarray(q, dtype=np.float32).reshape(-1), q16.reshape(-1))
     k16 = np.ascontiguousarray(k, dtype=np.float16).view(np.uint16)  # Numba has no float16: the bits
     v16 = np.ascontiguousarray(v, dtype=np.float16).view(np.uint16)
-    scale = np.float32(1.0) / np.sqrt(np.float32(d))  # 1.0f / sqrtf(head_dim)
+    scale = np.float32(1.0) / np.sqrt(np.float32(d)) if scale is None else np.float32(scale)  # 1.0f / sqrtf(head_dim)
+    window = int(window) if window and window > 0 else 1 << 62
     out = np.empty((n, n_head * d), dtype=np.float32)
     if n == 1 and d % 64 == 0:
-        _attention_one(q16, k16, v16, scale, out)
+        _attention_one(q16, k16, v16, scale, window, out)
         return out
     # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16 + 16) flat, so that
     # the scores of consecutive positions come out of vector operations; values (n_kv, T16, d)
@@ -202,9 +235,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     v32[:, t:] = 0
     _widen_kv(k16, v16, kt, v32)
     if n >= 2 and d % 16 == 0:
-        _attention_tiled(q16, kt, v32, start, scale, out)
+        _attention_tiled(q16, kt, v32, start, scale, window, out)
     else:
-        _attention(q16, kt, v32, start, scale, n >= 2 and d % 16 == 0, n >= 2 and d % 4 == 0, out)
+        _attention(q16, kt, v32, start, scale, window, n >= 2 and d % 16 == 0, n >= 2 and d % 4 == 0, out)
     return out
 
 
@@ -250,7 +283,7 @@ def _widen_kv(k16, v16, kt, v32):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
+def _attention(q, kt, v32, start, scale, window, kq_tiny, kqv_tiny, out):
     """One (head, query) per job; see `attention`. Positions go 64 at a time through the scores:
     blk[lane, tt] holds lane `lane` (tinyBLAS: c % 16; vec_dot_f16: c % 64) of position t0 + tt."""
     n, n_head, d = q.shape
@@ -304,7 +337,7 @@ def _attention(q, kt, v32, start, scale, kq_tiny, kqv_tiny, out):
                         tail[tt] += np.float64(kt[ok + tt] * qc)
                 for tt in range(nb):
                     w[t0 + tt] = np.float32(tail[tt])
-        _softmax(w, n_vis, scale)
+        _softmax(w, n_vis, scale, window)
         # output: out[i, h*d + c] = sum_t w[t] * v[t, hk, c], lanes t % 16 (tinyBLAS) or t % 64
         o = h * d
         n_acc = U(16) if kqv_tiny else U(64)
@@ -345,7 +378,7 @@ def _sum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _attention_tiled(q, kt, v32, start, scale, out):
+def _attention_tiled(q, kt, v32, start, scale, window, out):
     """`_attention` for n >= 2 tokens and a head size that is a multiple of 16 (tinyBLAS on both
     products): 16 positions (scores) or 16 outputs (values) per vector, the 16 lanes of
     tinyBLAS in 16 registers, reduced in _mm512_reduce_add_ps's order. v32 (n_kv, T16, d) has zero
@@ -388,7 +421,7 @@ def _attention_tiled(q, kt, v32, start, scale, out):
                 a14 = simd.fma(simd.load_f32(kt, o + U(14) * uks), simd.broadcast_f32(q[i, h, c + U(14)]), a14)
                 a15 = simd.fma(simd.load_f32(kt, o + U(15) * uks), simd.broadcast_f32(q[i, h, c + U(15)]), a15)
             simd.store_f32(w, t0, _sum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15))
-        _softmax(w, n_vis, scale)
+        _softmax(w, n_vis, scale, window)
         ov = hk * ut16 * ud
         oo = U(i * n_head * d + h * d)
         for c in range(U(0), ud, U(16)):
@@ -416,12 +449,14 @@ def _attention_tiled(q, kt, v32, start, scale, out):
 
 
 @njit(cache=True, inline="always")
-def _softmax(w, n_vis, scale):
-    """w[:n_pad] scores -> float16-rounded softmax weights of the first n_vis, 0 for the rest, as
-    ggml_soft_max (ggml_vec_max_f32, ggml_v_expf, a float64 sum of 16-lane sums)."""
+def _softmax(w, n_vis, scale, window):
+    """w[:n_pad] scores -> float16-rounded softmax weights of positions n_vis - window..n_vis - 1
+    (all of the first n_vis when window >= n_vis), 0 for the rest, as ggml_soft_max
+    (ggml_vec_max_f32, ggml_v_expf, a float64 sum of 16-lane sums)."""
     n_pad = len(w)
+    lo = n_vis - 1 - window  # the query's position p = n_vis - 1 masks t <= p - window
     for t in range(n_pad):
-        w[t] = w[t] * scale if t < n_vis else -np.inf
+        w[t] = w[t] * scale if lo < t < n_vis else -np.inf
     mx = -np.inf
     for t in range(n_vis):
         mx = max(mx, w[t])
@@ -436,7 +471,7 @@ def _softmax(w, n_vis, scale):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _attention_one(q, k16, v16, scale, out):
+def _attention_one(q, k16, v16, scale, window, out):
     """`_attention` for one query and a head size that is a multiple of 64 (ggml_vec_dot_f16 on
     both products), straight from the float16 cache k16, v16 (T, n_kv, d): the 64 lanes of a
     score are 4 vectors along the head, and the 64 lanes (positions mod 64) of the outputs a
@@ -464,7 +499,7 @@ def _attention_one(q, k16, v16, scale, out):
                 s2 = simd.fma(simd.load_f16(kflat, o + c + U(32)), simd.load_f32(qh, c + U(32)), s2)
                 s3 = simd.fma(simd.load_f16(kflat, o + c + U(48)), simd.load_f32(qh, c + U(48)), s3)
             w[t] = simd.reduce_add(simd.add(simd.add(s0, s2), simd.add(s1, s3)))
-        _softmax(w, t_len, scale)
+        _softmax(w, t_len, scale, window)
         for t in range(U(t_len)):
             p = simd.broadcast_f32(w[t])
             o = t * row + hk * ud

@@ -23,8 +23,11 @@ from camelid.formats.hf import Checkpoint
 
 # Hugging Face architectures -> GGUF architecture.
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "LLaMAForCausalLM": "llama", "MistralForCausalLM": "llama",
-                 "Qwen2ForCausalLM": "qwen2"}
-_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # config.json without "architectures"
+                 "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Gemma3ForCausalLM": "gemma3",
+                 "Phi3ForCausalLM": "phi3"}
+_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                "gemma3_text": "gemma3", "phi3": "phi3"}  # config.json without "architectures"
+_QK_NORM_ARCHITECTURES = ("qwen3", "gemma3")  # per-head RMSNorm on q and k
 OUTTYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1,
             "q5_0": T.Q5_0, "q5_1": T.Q5_1, "q4_k": T.Q4_K, "q5_k": T.Q5_K, "q6_k": T.Q6_K}
 _FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
@@ -41,7 +44,15 @@ _LAYER_TENSORS = {
     "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
     "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
+# Gemma 3 normalizes before and after both the attention and the FFN.
+_GEMMA3_LAYER_TENSORS = dict(_LAYER_TENSORS, **{
+    "post_attention_layernorm.weight": "post_attention_norm.weight", "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight"})
+# Phi-3 stores q, k, v in one matrix and gate, up in another; GGUF keeps them fused.
+_PHI3_LAYER_TENSORS = dict(_LAYER_TENSORS, **{"self_attn.qkv_proj.weight": "attn_qkv.weight",
+                                              "mlp.gate_up_proj.weight": "ffn_up.weight"})
 _TOP_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                 "lm_head.weight": "output.weight"}
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -64,6 +75,7 @@ class HParams:
     rms_eps: float
     rope_theta: float
     qkv_bias: bool
+    qk_norm: bool = False  # attn_q_norm / attn_k_norm per layer (qwen3, gemma3)
 
 
 def parse_outtype(outtype: str) -> T:
@@ -74,13 +86,14 @@ def parse_outtype(outtype: str) -> T:
         raise CamelidError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}.") from None
 
 
-def gguf_name(hf_name: str) -> str | None:
-    """The GGUF tensor name for a Hugging Face LLaMA tensor name, or None for buffers that are not written."""
+def gguf_name(hf_name: str, arch: str = "llama") -> str | None:
+    """The GGUF tensor name for a Hugging Face LLaMA-family tensor name, or None for buffers that are not written."""
     if hf_name in _TOP_TENSORS:
         return _TOP_TENSORS[hf_name]
+    layer_tensors = {"gemma3": _GEMMA3_LAYER_TENSORS, "phi3": _PHI3_LAYER_TENSORS}.get(arch, _LAYER_TENSORS)
     m = _LAYER_RE.fullmatch(hf_name)
-    if m and m.group(2) in _LAYER_TENSORS:
-        return f"blk.{m.group(1)}.{_LAYER_TENSORS[m.group(2)]}"
+    if m and m.group(2) in layer_tensors:
+        return f"blk.{m.group(1)}.{layer_tensors[m.group(2)]}"
     if _IGNORED.fullmatch(hf_name):
         return None
     raise CamelidError(f"the checkpoint has a tensor camelid cannot place: {hf_name}. Is this a plain LLaMA-family model?")
@@ -108,9 +121,21 @@ def read_hparams(ckpt: Checkpoint) -> HParams:
         n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
         head_dim=int(cfg.get("head_dim") or n_embd // n_head), n_ff=n_ff,
         n_ctx=int(cfg.get("max_position_embeddings") or 2048),
-        rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        qkv_bias=arch == "qwen2",
+        rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(rope_parameters(cfg).get("rope_theta", 10000.0)),
+        qkv_bias=arch == "qwen2", qk_norm=arch in _QK_NORM_ARCHITECTURES,
     )
+
+
+def rope_parameters(cfg: dict, layer_type: str = "full_attention") -> dict:
+    """RoPE settings of config.json in one dict (rope_type, factor, rope_theta, ...): transformers 5's
+    rope_parameters (per layer type for Gemma 3), else rope_scaling plus the top-level rope_theta."""
+    params = cfg.get("rope_parameters") or {}
+    if layer_type in params and isinstance(params[layer_type], dict):
+        params = params[layer_type]
+    merged = dict(cfg.get("rope_scaling") or {}, **params)
+    if "rope_theta" not in merged and cfg.get("rope_theta") is not None:
+        merged["rope_theta"] = cfg["rope_theta"]
+    return merged
 
 
 def expected_shapes(hp: HParams, tied: bool) -> dict[str, tuple[int, ...]]:
@@ -127,6 +152,17 @@ def expected_shapes(hp: HParams, tied: bool) -> dict[str, tuple[int, ...]]:
             p + "mlp.gate_proj.weight": (hp.n_ff, hp.n_embd), p + "mlp.up_proj.weight": (hp.n_ff, hp.n_embd),
             p + "mlp.down_proj.weight": (hp.n_embd, hp.n_ff),
         })
+        if hp.arch == "phi3":
+            for part in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                         "mlp.gate_proj.weight", "mlp.up_proj.weight"):
+                del shapes[p + part]
+            shapes.update({p + "self_attn.qkv_proj.weight": (q + 2 * kv, hp.n_embd),
+                           p + "mlp.gate_up_proj.weight": (2 * hp.n_ff, hp.n_embd)})
+        if hp.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (hp.head_dim,), p + "self_attn.k_norm.weight": (hp.head_dim,)})
+        if hp.arch == "gemma3":
+            shapes.update({p + "pre_feedforward_layernorm.weight": (hp.n_embd,),
+                           p + "post_feedforward_layernorm.weight": (hp.n_embd,)})
         if hp.qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                            p + "self_attn.v_proj.bias": (kv,)})
@@ -169,11 +205,14 @@ def _quantize(x: np.ndarray, ggml_type: T) -> np.ndarray:
     return out
 
 
-def _producer(ckpt: Checkpoint, hf_name: str, shape: tuple[int, ...], ggml_type: T, n_rope_heads: int | None) -> Callable[[], np.ndarray]:
+def _producer(ckpt: Checkpoint, hf_name: str, shape: tuple[int, ...], ggml_type: T, n_rope_heads: int | None,
+              norm_shift: float = 0.0) -> Callable[[], np.ndarray]:
     def produce() -> np.ndarray:
         w = ckpt.tensors.load(hf_name)
         if tuple(w.shape) != shape:
             raise CamelidError(f"tensor {hf_name} loaded with shape {list(w.shape)}, expected {list(shape)}.")
+        if norm_shift:  # Gemma's RMSNorm multiplies by 1 + w; GGUF stores 1 + w
+            w = np.asarray(w, dtype=np.float32) + np.float32(norm_shift)
         if n_rope_heads is not None:
             w = rotate_half_to_interleaved(w, n_rope_heads)
         if ggml_type == T.F32:
@@ -195,7 +234,7 @@ def plan_tensors(ckpt: Checkpoint, hp: HParams, outtype: T) -> list[PlannedTenso
         raise CamelidError(f"the checkpoint lacks tensor {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
                            + "; a shard is missing or config.json does not match the weights.")
     for name in names:
-        if name not in expected and gguf_name(name) is not None:  # gguf_name raises for non-LLaMA tensors
+        if name not in expected and gguf_name(name, hp.arch) is not None:  # gguf_name raises for non-LLaMA tensors
             raise CamelidError(f"the checkpoint has tensor {name}, which the model config.json describes does not have "
                                f"({hp.n_layer} layers, bias={hp.qkv_bias}); the config does not belong to these weights.")
     planned = []
@@ -210,14 +249,16 @@ def plan_tensors(ckpt: Checkpoint, hp: HParams, outtype: T) -> list[PlannedTenso
         elif hp.arch == "llama" and name.endswith("k_proj.weight"):
             rope_heads = hp.n_head_kv
         ggml_type = _tensor_type(outtype, shape)
-        planned.append(PlannedTensor(gguf_name(name), ggml_type, shape, _producer(ckpt, name, shape, ggml_type, rope_heads)))
+        shift = 1.0 if hp.arch == "gemma3" and name.endswith("norm.weight") else 0.0
+        planned.append(PlannedTensor(gguf_name(name, hp.arch), ggml_type, shape,
+                                     _producer(ckpt, name, shape, ggml_type, rope_heads, shift)))
     planned.extend(_extra_tensors(ckpt, hp))
     return planned
 
 
 def _extra_tensors(ckpt: Checkpoint, hp: HParams) -> list[PlannedTensor]:
     """LLaMA-3.1-style RoPE scaling is stored as a per-frequency factor tensor, rope_freqs.weight."""
-    scaling = ckpt.config.get("rope_scaling") or {}
+    scaling = rope_parameters(ckpt.config)
     if str(scaling.get("rope_type", scaling.get("type", ""))).lower() != "llama3":
         return []
     factor = float(scaling.get("factor", 8.0))
@@ -257,10 +298,17 @@ def model_metadata(ckpt: Checkpoint, hp: HParams, outtype: str) -> dict[str, Met
         f"{a}.rope.freq_base": f32(hp.rope_theta),
         f"{a}.rope.dimension_count": u32(hp.head_dim),
     }
-    if hp.head_dim != hp.n_embd // hp.n_head:
+    if hp.head_dim != hp.n_embd // hp.n_head or a == "gemma3":
         md[f"{a}.attention.key_length"] = u32(hp.head_dim)
         md[f"{a}.attention.value_length"] = u32(hp.head_dim)
-    scaling = ckpt.config.get("rope_scaling") or {}
+    if a == "gemma3":
+        md.update(_gemma3_metadata(ckpt.config, u32, f32))
+    elif a == "phi3":
+        md.update(_phi3_metadata(ckpt.config, hp, u32))
+    elif a == "llama" and ckpt.config.get("model_type") == "mistral" and ckpt.config.get("sliding_window"):
+        # read by camelid (every layer windowed, as transformers runs Mistral); llama.cpp ignores it for llama
+        md["llama.attention.sliding_window"] = u32(ckpt.config["sliding_window"])
+    scaling = rope_parameters(ckpt.config)
     kind = str(scaling.get("rope_type", scaling.get("type", ""))).lower()
     if kind in ("linear", "yarn") and "factor" in scaling:
         md[f"{a}.rope.scaling.type"] = MetadataValue(kind, V.STRING)
@@ -270,6 +318,51 @@ def model_metadata(ckpt: Checkpoint, hp: HParams, outtype: str) -> dict[str, Met
     elif kind not in ("", "default", "llama3"):
         raise CamelidError(f"config.json asks for rope_scaling type {kind!r}, which camelid cannot convert; "
                            "supported: linear, yarn, llama3.")
+    return md
+
+
+def _phi3_metadata(cfg: dict, hp: HParams, u32) -> dict[str, MetadataValue]:
+    """Phi-3's keys beyond LLaMA's, as llama.cpp's Phi3MiniModel writes them; LongRoPE is refused."""
+    kind = str(rope_parameters(cfg).get("rope_type", rope_parameters(cfg).get("type", "default"))).lower()
+    if kind not in ("default", ""):
+        raise CamelidError(f"config.json asks for rope_scaling type {kind!r} (LongRoPE); camelid converts Phi-3 models "
+                           "without RoPE scaling (the 4k-context ones) only.")
+    rope_dims = int(float(cfg.get("partial_rotary_factor") or 1.0) * hp.n_embd) // hp.n_head
+    md = {"phi3.rope.dimension_count": u32(rope_dims),
+          "phi3.rope.scaling.original_context_length": u32(cfg.get("original_max_position_embeddings") or hp.n_ctx)}
+    if cfg.get("sliding_window"):
+        md["phi3.attention.sliding_window"] = u32(cfg["sliding_window"])
+    return md
+
+
+def _gemma3_metadata(cfg: dict, u32, f32) -> dict[str, MetadataValue]:
+    """Gemma 3's window keys: the window, and the layer pattern and local RoPE base where they differ
+    from llama.cpp's defaults (5 windowed layers then a global one; base 10000)."""
+    md = {}
+    if cfg.get("final_logit_softcapping"):
+        md["gemma3.final_logit_softcapping"] = f32(cfg["final_logit_softcapping"])
+    if cfg.get("attn_logit_softcapping"):
+        raise CamelidError("config.json asks for attention logit soft-capping, which Gemma 3 does not use; is it a Gemma 2 config?")
+    if cfg.get("query_pre_attn_scalar", cfg.get("head_dim")) != cfg.get("head_dim"):
+        raise CamelidError("config.json's query_pre_attn_scalar differs from head_dim; llama.cpp scales queries by "
+                           "1/sqrt(head_dim) for Gemma 3, so camelid cannot convert this model faithfully.")
+    types = cfg.get("layer_types") or []
+    if not cfg.get("sliding_window") or (types and "sliding_attention" not in types):
+        return md
+    md["gemma3.attention.sliding_window"] = u32(cfg["sliding_window"])
+    n_layer = int(cfg["num_hidden_layers"])
+    pattern = int(cfg.get("sliding_window_pattern") or 6)
+    if types:
+        swa = [t == "sliding_attention" for t in types]
+        pattern = next((p for p in range(1, n_layer + 2) if swa == [i % p < p - 1 for i in range(n_layer)]), 0)
+        if not pattern:
+            raise CamelidError("config.json's layer_types do not repeat as a pattern of windowed layers followed by one "
+                               "global layer; camelid cannot write that for llama.cpp.")
+    if pattern != 6:
+        md["gemma3.attention.sliding_window_pattern"] = u32(pattern)
+    base_swa = float(rope_parameters(cfg, "sliding_attention").get("rope_theta", cfg.get("rope_local_base_freq") or 10000.0))
+    if base_swa != 10000.0:
+        md["gemma3.rope.freq_base_swa"] = f32(base_swa)
     return md
 
 
