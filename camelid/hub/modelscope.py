@@ -22,6 +22,7 @@ DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 
 
 def endpoint() -> str:
+    """ModelScope's address: $MODELSCOPE_ENDPOINT, else https://www.modelscope.cn."""
     return (os.environ.get("MODELSCOPE_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 

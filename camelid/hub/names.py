@@ -127,10 +127,3 @@ def _catalog_ref(name: str) -> ModelRef:
     source, repo, quant = CATALOG[name]
     return ModelRef(name, source, repo, quant)
 
-
-def is_model_name(value: str) -> bool:
-    """Whether a -m value that is not an existing file should be resolved as a model name."""
-    try:
-        return parse_name(value) is not None
-    except CamelidError:
-        return True

@@ -27,6 +27,7 @@ def camelid_home() -> Path:
 
 
 def records_dir() -> Path:
+    """The folder of the pulled models' records."""
     return camelid_home() / "models"
 
 
