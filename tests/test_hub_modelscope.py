@@ -59,3 +59,14 @@ def test_modelscope_errors(hub, env):
     assert unknown.returncode == 1 and "has no repository nobody/nothing-GGUF" in unknown.stderr
     no_quant = camelid(env, "pull", f"{NAME}:Q8_0")
     assert f"{NAME} has no Q8_0 GGUF file; it has Q4_K_M" in no_quant.stderr
+
+
+def test_without_the_client_the_error_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from camelid.errors import CamelidError
+    from camelid.hub import modelscope
+
+    monkeypatch.setitem(sys.modules, "modelscope_hub", None)
+    with pytest.raises(CamelidError, match=r"pulling from ModelScope needs its client: pip install 'camelid\[modelscope\]'"):
+        modelscope.listing("Qwen/Qwen2.5-0.5B-Instruct-GGUF")
