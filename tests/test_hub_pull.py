@@ -207,3 +207,10 @@ def test_free_disk_space_is_checked_before_the_first_byte(monkeypatch, tmp_path)
                                            r"which has 1.00 GB free\. Free some space, or set HF_HOME"):
         pull.check_disk_space(parse_name("qwen2.5:7b"), choice)
     pull.check_disk_space(parse_name("qwen2.5:7b"), Choice("Q4_K_M", (RemoteFile("m-q4_k_m.gguf", 10**8, "0" * 64),)))
+
+
+def test_llama_cpp_hf_flag_is_a_hugging_face_name(env):
+    r = camelid({**env, "HF_HUB_OFFLINE": "1"}, "run", "-hf", f"{QWEN_REPO}:Q4_K_M", "-p", "Hi")
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"camelid: error: hf.co/{QWEN_REPO}:Q4_K_M is not downloaded, and the network is off "
+                                "(HF_HUB_OFFLINE or CAMELID_OFFLINE); unset it to pull.")

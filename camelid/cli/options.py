@@ -9,8 +9,15 @@ from camelid.sampling import SamplingParams
 
 def add_model_options(p: argparse.ArgumentParser, default_ctx: int | None) -> None:
     p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file, or a name to pull: qwen2.5:0.5b, hf.co/USER/REPO:Q4_K_M (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("-hf", "--hf-repo", dest="model", type=hf_repo, metavar="USER/REPO[:QUANT]",
+                   help="as llama.cpp's -hf: the model of a Hugging Face GGUF repository, pulled if missing (same as -m hf.co/USER/REPO)")
     p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=default_ctx, metavar="N",
                    help="context size in tokens" + (f" (default: {default_ctx})" if default_ctx else " (default: min(4096, the model's))"))
+
+
+def hf_repo(value: str) -> str:
+    """The -m name of llama.cpp's `-hf USER/REPO[:QUANT]`."""
+    return value if value.lower().startswith(("hf.co/", "huggingface.co/")) else "hf.co/" + value
 
 
 def add_sampling_options(p: argparse.ArgumentParser, **defaults) -> None:

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from camelid.cli.options import hf_repo
 from camelid.errors import CamelidError
 
 DEFAULT_PARALLEL = 4
@@ -24,6 +25,8 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an OpenAI-compatible API and a web chat page",
                        description="Serve the model over HTTP: the OpenAI API under /v1 and a chat page at /.")
     p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file, or a name to pull: qwen2.5:0.5b, hf.co/USER/REPO:Q4_K_M (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("-hf", "--hf-repo", dest="model", type=hf_repo, metavar="USER/REPO[:QUANT]",
+                   help="as llama.cpp's -hf: same as -m hf.co/USER/REPO[:QUANT]")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("CAMELID_API_KEY"),
