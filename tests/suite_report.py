@@ -2,6 +2,7 @@
 
 - The oracle's mode (tests/oracle/mode.py): exact or tolerance, and what was relaxed.
 - Time by test file, so a slow group is visible in CI's log.
+- Lines that tests gave to report() (the server soak test's figures).
 - Test files all of whose tests were skipped: under CI=true that fails the run, since a skip
   there may only stand for a single case that cannot apply, never for a missing module.
 """
@@ -14,6 +15,12 @@ from collections import defaultdict
 
 _seconds: dict[str, float] = defaultdict(float)
 _outcomes: dict[str, set[str]] = defaultdict(set)
+_lines: list[str] = []
+
+
+def report(line: str) -> None:
+    """Print `line` in the run's closing report (a test's own figures; pytest captures print)."""
+    _lines.append(line)
 
 
 def pytest_runtest_logreport(report) -> None:
@@ -48,6 +55,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     tr.write_line(f"time by test file (total {total:.0f} s):")
     for path, seconds in sorted(_seconds.items(), key=lambda kv: -kv[1]):
         tr.write_line(f"  {seconds:7.1f} s  {path}")
+    for line in _lines:
+        tr.write_line(line)
     skipped = _whole_files_skipped()
     if skipped:
         tr.write_line("test files skipped as a whole: " + ", ".join(skipped), red=True)
