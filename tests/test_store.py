@@ -5,10 +5,18 @@ The oracle for what is on disk is Python's sqlite3 module reading the file direc
 from __future__ import annotations
 
 import json
+import random
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
+import suite_report
 from camelid.chat.store import DB_NAME, ConversationNotFound, ConversationStore
 from camelid.errors import CamelidError
 
@@ -144,3 +152,129 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path):
         ConversationStore(a_file)
     with pytest.raises(CamelidError, match="data-dir"):
         ConversationStore(a_file / "below")
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\ud83d"])
+def test_lone_surrogates_are_refused(store, text):
+    c = store.create(title="keep")
+    for call in (lambda: store.create(title=text), lambda: store.create(system_prompt=text),
+                 lambda: store.update(c["id"], title=text),
+                 lambda: store.put_messages(c["id"], 0, [{"role": "user", "content": text}]),
+                 lambda: store.put_messages(c["id"], 0, [{"role": "user", "content": "x", "stats": {text: 1}}]),
+                 lambda: store.put_messages(c["id"], 0, [{"role": "user", "content": "x", "stats": {"k": [text]}}])):
+        with pytest.raises(CamelidError, match="surrogate"):
+            call()
+    assert [x["title"] for x in store.list_conversations()] == ["keep"] and store.get(c["id"])["messages"] == []
+
+
+@pytest.mark.parametrize("damage", ["random", "pages", "truncated"])
+def test_corrupt_database_says_so_and_where(tmp_path, damage):
+    s = ConversationStore(tmp_path)
+    for i in range(100):
+        c = s.create(title=f"t{i}")
+        s.put_messages(c["id"], 0, [{"role": "user", "content": "x" * 2000}])
+    s.close()
+    path = tmp_path / DB_NAME
+    data = bytearray(path.read_bytes())
+    rng = random.Random(damage)
+    if damage == "random":
+        data = bytearray(rng.randbytes(len(data)))
+    elif damage == "pages":
+        data[4096 * 3:4096 * 6] = rng.randbytes(4096 * 3)
+    else:
+        data = data[:len(data) // 3]
+    path.write_bytes(bytes(data))
+    with pytest.raises(CamelidError) as caught:
+        ConversationStore(tmp_path)
+    message = str(caught.value)
+    assert f"conversation store {path} is corrupt" in message and "delete it" in message and "\n" not in message
+    assert "writable" not in message
+
+
+WRITER = """
+import itertools, sys, types
+# The store needs nothing of the engine: skip camelid/__init__.py (its imports take a second per child).
+package = types.ModuleType("camelid")
+package.__path__ = [sys.argv[1]]
+sys.modules["camelid"] = package
+from camelid.chat.store import ConversationStore
+
+store = ConversationStore(sys.argv[2])
+print("ready", flush=True)
+for i in itertools.count(int(sys.argv[3])):
+    c = store.create(title=f"conversation {i}")
+    print("created", i, c["id"], flush=True)
+    store.put_messages(c["id"], 0, [{"role": "user", "content": f"question {i} " + "x" * (i % 40) * 100},
+                                    {"role": "assistant", "content": f"answer {i} 你好", "stats": {"n": i}}])
+    print("messages", i, c["id"], flush=True)
+    store.update(c["id"], title=f"renamed {i}")
+    print("renamed", i, c["id"], flush=True)
+    if i % 4 == 3:
+        store.delete(c["id"])
+        print("deleted", i, c["id"], flush=True)
+"""
+
+
+def expected_messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"question {i} " + "x" * (i % 40) * 100, "stats": None},
+            {"role": "assistant", "content": f"answer {i} 你好", "stats": {"n": i}}]
+
+
+def test_kill_9_loses_no_acknowledged_write(tmp_path):
+    """A writer process is killed with SIGKILL ten times at random moments: every write it reported
+    done is on disk and whole, and a write it had not reported is either all there or not at all."""
+    rng = random.Random(9)
+    acks: list[tuple[str, int, str]] = []
+    next_i = 0
+    for _ in range(10):
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(Path(camelid_package_dir())), str(tmp_path), str(next_i)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "ready\n"
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(child.stdout))
+        reader.start()
+        time.sleep(rng.uniform(0.05, 0.6))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        reader.join()
+        assert child.returncode == -signal.SIGKILL
+        done = [line.split() for line in lines if line.endswith("\n")]
+        acks += [(op, int(i), cid) for op, i, cid in done]
+        next_i = max([int(i) for _, i, _ in done], default=next_i) + 1
+
+    store = ConversationStore(tmp_path)
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    present = {c["id"]: c for c in store.list_conversations()}
+    by_id: dict[str, dict[str, int]] = {}
+    for op, i, cid in acks:
+        by_id.setdefault(cid, {})[op] = i
+    assert sum(len(ops) for ops in by_id.values()) == len(acks) > 100
+    for cid, ops in by_id.items():
+        i = ops["created"]
+        if "deleted" in ops:
+            assert cid not in present
+            continue
+        if i % 4 == 3 and cid not in present:
+            continue  # deleted, and killed before it said so
+        conversation = store.get(cid)
+        if "renamed" in ops:
+            assert conversation["title"] == f"renamed {i}"
+        else:
+            assert conversation["title"] in (f"conversation {i}", f"renamed {i}")
+        if "messages" in ops:
+            assert conversation["messages"] == expected_messages(i)
+        else:
+            assert conversation["messages"] in ([], expected_messages(i))
+    for cid in set(present) - set(by_id):  # created, and killed before it said so
+        conversation = store.get(cid)
+        i = int(conversation["title"].split()[-1])
+        assert conversation["messages"] in ([], expected_messages(i))
+    store.close()
+    suite_report.report(f"conversation store: 10 kill -9s during {len(acks)} acknowledged writes; none lost or half-applied")
+
+
+def camelid_package_dir() -> Path:
+    import camelid
+
+    return Path(camelid.__file__).parent

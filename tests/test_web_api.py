@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -102,6 +103,26 @@ def test_bad_requests_get_an_error_object(client, method, path, body, status, wo
     if words:
         assert words in response.json()["error"]["message"]
     assert client.get(f"/api/conversations/{cid}").json()["title"] == "New chat"
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("post", "/api/conversations", {"title": "\ud800"}),
+        ("post", "/api/conversations", {"system_prompt": "x\udc00"}),
+        ("patch", "/api/conversations/{id}", {"title": "a\udbffb"}),
+        ("put", "/api/conversations/{id}/messages", {"start": 0, "messages": [{"role": "user", "content": "\ud83d"}]}),
+        ("put", "/api/conversations/{id}/messages",
+         {"start": 0, "messages": [{"role": "user", "content": "x", "stats": {"note": "\ud800"}}]}),
+    ],
+)
+def test_lone_surrogates_are_400_and_the_next_request_is_served(client, method, path, body):
+    cid = client.post("/api/conversations", json={"title": "keep"}).json()["id"]
+    response = client.request(method.upper(), path.format(id=cid), content=json.dumps(body),
+                              headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "surrogate" in response.json()["error"]["message"]
+    assert client.get(f"/api/conversations/{cid}").json()["title"] == "keep"
+    assert [c["title"] for c in client.get("/api/conversations").json()["data"]] == ["keep"]
 
 
 @pytest.mark.parametrize(

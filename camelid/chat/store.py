@@ -30,6 +30,7 @@ SETTINGS = {
     "max_tokens": (int, 1, 1_000_000),
 }
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone UTF-16 surrogates: not Unicode text, SQLite cannot store them
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -55,9 +56,16 @@ class ConversationNotFound(CamelidError):
     """No conversation has the id a request named."""
 
 
+def _check_text(text: str, what: str) -> str:
+    if _SURROGATE.search(text):
+        raise CamelidError(f"{what} holds a lone UTF-16 surrogate, which is not valid Unicode; send UTF-8 text.")
+    return text
+
+
 def validate_title(title: Any) -> str:
     if not isinstance(title, str):
         raise CamelidError("a conversation title must be a string.")
+    _check_text(title, "a conversation title")
     title = " ".join(title.split())
     if not title or len(title) > MAX_TITLE:
         raise CamelidError(f"a conversation title must have 1 to {MAX_TITLE} characters.")
@@ -67,7 +75,7 @@ def validate_title(title: Any) -> str:
 def validate_system_prompt(text: Any) -> str:
     if not isinstance(text, str) or len(text) > MAX_SYSTEM_PROMPT:
         raise CamelidError(f"a system prompt must be a string of at most {MAX_SYSTEM_PROMPT} characters.")
-    return text
+    return _check_text(text, "a system prompt")
 
 
 def validate_settings(settings: Any) -> dict[str, float | int]:
@@ -97,6 +105,7 @@ def validate_message(message: Any) -> tuple[str, str, str | None]:
         raise CamelidError(f"a message role must be one of {', '.join(ROLES)}, not {role!r}.")
     if not isinstance(content, str) or len(content) > MAX_CONTENT:
         raise CamelidError(f"a message content must be a string of at most {MAX_CONTENT} characters.")
+    _check_text(content, "a message content")
     if stats is None:
         return role, content, None
     if not isinstance(stats, dict):
@@ -105,6 +114,7 @@ def validate_message(message: Any) -> tuple[str, str, str | None]:
         stats_json = json.dumps(stats, allow_nan=False)
     except ValueError:
         raise CamelidError("message stats must hold finite numbers.") from None
+    _check_text(json.dumps(stats, ensure_ascii=False), "message stats")
     if len(stats_json) > MAX_STATS_JSON:
         raise CamelidError(f"message stats must be at most {MAX_STATS_JSON} characters of JSON.")
     return role, content, stats_json
@@ -127,15 +137,25 @@ class ConversationStore:
         data_dir = Path(data_dir).expanduser()
         if data_dir.exists() and not data_dir.is_dir():
             raise CamelidError(f"the data directory {data_dir} is a file; give a directory (--data-dir).")
+        self.path = data_dir / DB_NAME
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            self.path = data_dir / DB_NAME
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise CamelidError(f"cannot open the conversation store in {data_dir}: {e}; choose a writable --data-dir.") from None
+        try:
             self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA foreign_keys = ON")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(1)")]
+            if problems != ["ok"]:
+                raise _Corrupt(" ".join(problems).replace("*** in database main ***", "").strip())
             self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as e:
+        except sqlite3.Error as e:
+            self._db.close()
+            if isinstance(e, _Corrupt) or (getattr(e, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise CamelidError(f"the conversation store {self.path} is corrupt ({' '.join(str(e).split())}); "
+                                   "move it away or delete it to start fresh.") from None
             raise CamelidError(f"cannot open the conversation store in {data_dir}: {e}; choose a writable --data-dir.") from None
         self._lock = threading.Lock()
 
@@ -241,6 +261,10 @@ class ConversationStore:
             )
             db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), conversation_id))
         return self.get(conversation_id)
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    """PRAGMA quick_check found damage (its findings are the message)."""
 
 
 class _Transaction:
