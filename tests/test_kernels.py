@@ -212,7 +212,7 @@ def test_float_types_match_ggml(ggml, t, n_tok):
 
 
 def test_activation_quantizer_matches_numpy_reference():
-    from camelid.quant.kernels import _quantize_q8
+    from camelid.quant.kernels.activations import quantize_q8_0_or_1 as _quantize_q8
 
     rng = np.random.default_rng(7)
     x = activations(5, 2048, rng)
@@ -234,7 +234,7 @@ def test_activation_quantizer_matches_numpy_reference():
 
 def test_q8_k_quantizer_matches_numpy_reference():
     from camelid.quant.activations import quantize_q8_K
-    from camelid.quant.kernels_k_vnni import quantize_q8_k
+    from camelid.quant.kernels.activations import quantize_q8_K as quantize_q8_k
 
     rng = np.random.default_rng(8)
     x = activations(4, 1024, rng)

@@ -1,4 +1,4 @@
-"""512-bit vectors as Numba values, for the integer dot-product kernels (kernels_vnni.py, kernels_k_vnni.py).
+"""512-bit vectors as Numba values, for the integer dot-product kernels (camelid/quant/kernels/*_int8.py).
 
 Numba vectorizes loops by itself, but it cannot emit `vpdpbusd`, the AVX-512 VNNI instruction that
 llama.cpp's quantized dot products are built on: 64 products of an unsigned byte with a signed byte,
@@ -17,7 +17,7 @@ The float32 and int32 operations are plain LLVM vector operations, which compile
   not Q8_0's shifted codes (`BYTE_PRODUCTS_EXACT` is False);
 - None: no usable instructions; the kernels of this module must not run.
 The environment variable CAMELID_SIMD (vnni, avx512bw, avx2 or none) overrides the choice, for
-tests; Numba's cache does not know of it, so set NUMBA_CACHE_DIR to a fresh directory with it.
+tests (camelid.compile_cache keys Numba's cache on it).
 """
 
 from __future__ import annotations

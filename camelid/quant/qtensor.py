@@ -1,9 +1,9 @@
-"""Weight matrices that stay in their quantized bytes, and the matrix product on them.
+"""Weight matrices that stay in their quantized bytes, the matrix product on them, and the kernel table.
 
 A `QTensor` wraps the memory-mapped raw bytes of one (n_out, n_in) weight matrix. `matmul` runs the
-kernel registered for its type: the built-in ones (camelid.quant.kernels, loaded on first use)
-reproduce llama.cpp's products bit for bit, from weights unpacked once per tensor (`prepare`).
-A type without a kernel falls back to rounding the activations the way llama.cpp does
+kernel registered for its type: the built-in ones (`KERNEL_TABLE`, camelid/quant/kernels/, loaded on
+first use) reproduce llama.cpp's products bit for bit, from weights laid out once per tensor
+(`prepare`). A type without a kernel falls back to rounding the activations the way llama.cpp does
 (`activations.fake_quantize`) and multiplying them by the weights dequantized a tile of rows at a
 time (about 16 MB of float32) with BLAS, which agrees with llama.cpp up to the order of the float
 additions; for those types `cache_dequantized` keeps the float32 matrix between calls.
@@ -11,6 +11,8 @@ additions; for those types `cache_dequantized` keeps the float32 matrix between 
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,21 +29,132 @@ TILE_BYTES = 16 << 20  # float32 bytes of weights dequantized per BLAS call
 # Weight types whose llama.cpp dot product multiplies the block min by the Q8_1 sum s.
 _MIN_SUM_TYPES = (T.Q4_1, T.Q5_1)
 
+
+# ---------------------------------------------------------------------------- the kernel table
+# Which kernel multiplies a matrix depends on its weight type, on how llama.cpp lays the matrix out
+# (which decides the float order of its products) and on what the CPU can run. The first row that
+# fits a matrix is its kernel; every row computes llama.cpp's products bit for bit. The code paths
+# (VEC, REPACKED, TILED, GEMV, GEMM, tinyBLAS) are described in camelid/quant/kernels/__init__.py.
+
+PLAIN, REPACKED = "plain", "repacked"  # a matrix's layout in llama.cpp (`llama_cpp_layout`)
+ANY_CPU, INT8_DOT, VNNI = "any", "int8 dot", "vnni"  # what a row needs of the CPU (`cpu_runs`)
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One row of KERNEL_TABLE: for these types and layout, on CPUs that have `cpu`, this kernel."""
+
+    types: tuple[GGMLQuantizationType, ...]
+    layout: str  # PLAIN or REPACKED
+    cpu: str  # ANY_CPU, INT8_DOT (simd.INT8_DOT: VNNI, AVX-512BW or AVX2) or VNNI
+    kernel: str  # "module.Class" in camelid/quant/kernels/: Class(raw, type, n_out, n_in).matmul(x)
+
+
+_Q32 = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
+_KQ = (T.Q4_K, T.Q5_K, T.Q6_K)
+
+KERNEL_TABLE: tuple[KernelRow, ...] = (
+    # ggml_gemv/gemm_q4_0_8x8_q8_0 (repacked Q4_0): one fma per block and output; int8 dot products
+    KernelRow((T.Q4_0,), REPACKED, INT8_DOT, "q32_int8.Q32Int8Repacked"),
+    # ggml_vec_dot_q*_q8_* and tinyBLAS_Q0 (the same arithmetic per output): 8 lanes, hsum_float_8
+    KernelRow((T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1), PLAIN, INT8_DOT, "q32_int8.Q32Int8"),
+    # the same for Q8_0, whose unsigned codes (q + 128) overflow vpmaddubsw's int16 pairs: VNNI only
+    KernelRow((T.Q8_0,), PLAIN, VNNI, "q32_int8.Q32Int8"),
+    # the same two paths with float32 arithmetic on exact integers, on any CPU
+    KernelRow((T.Q4_0,), REPACKED, ANY_CPU, "q32_float.Q32FloatRepacked"),
+    KernelRow(_Q32, PLAIN, ANY_CPU, "q32_float.Q32Float"),
+    # ggml_gemm_q4_K_8x8_q8_K for the tokens in groups of 4, ggml_gemv_q4_K_8x8_q8_K for the rest
+    # (repacked Q4_K); int8 dot products
+    KernelRow((T.Q4_K,), REPACKED, INT8_DOT, "kq_int8.KQuantInt8Repacked"),
+    # ggml_vec_dot_q*_K_q8_K below 8 tokens, the tiled VNNI K-quant matmul from 8; int8 dot products
+    KernelRow(_KQ, PLAIN, INT8_DOT, "kq_int8.KQuantInt8"),
+    # the same two paths with float32 arithmetic on exact integers, on any CPU
+    KernelRow((T.Q4_K,), REPACKED, ANY_CPU, "kq_float.KQuantFloatRepacked"),
+    KernelRow(_KQ, PLAIN, ANY_CPU, "kq_float.KQuantFloat"),
+    # llamafile's tinyBLAS from 2 tokens (n_out % 4 == 0, n_in % 16 == 0, BF16: % 32), else
+    # ggml_vec_dot_f32 / _f16 / _bf16, on any CPU
+    KernelRow((T.F32, T.F16, T.BF16), PLAIN, ANY_CPU, "dense.Dense"),
+)
+
+
+def llama_cpp_layout(w: "QTensor") -> str:
+    """REPACKED where llama.cpp runs the matrix through its repacked 8x8 kernels (Q4_0, Q4_K on x86), else PLAIN.
+
+    It loads Q4_0 and Q4_K weights whose row count is a multiple of 8 into its CPU_REPACK buffer,
+    except the token embedding (read by GET_ROWS, which that buffer does not support), so a tied
+    output matrix keeps the plain order.
+    """
+    repacked = w.ggml_type in (T.Q4_0, T.Q4_K) and w.shape[0] % 8 == 0 and w.name != "token_embd.weight"
+    return REPACKED if repacked else PLAIN
+
+
+def cpu_runs(need: str) -> bool:
+    """Whether this CPU has what a KERNEL_TABLE row needs (read from camelid.cpu.simd at each call)."""
+    if need == ANY_CPU:
+        return True
+    from camelid.cpu import simd
+
+    if need == INT8_DOT:
+        return simd.INT8_DOT is not None
+    return simd.INT8_DOT is not None and simd.BYTE_PRODUCTS_EXACT
+
+
+def kernel_row(w: "QTensor") -> KernelRow:
+    """The first KERNEL_TABLE row for this matrix's type and layout that this CPU runs."""
+    layout = llama_cpp_layout(w)
+    for row in KERNEL_TABLE:
+        if w.ggml_type in row.types and row.layout == layout and cpu_runs(row.cpu):
+            return row
+    raise CamelidError(f"no kernel for {w.ggml_type.name} weights laid out {layout}")
+
+
+class TableKernel:
+    """The built-in kernel of a type: `kernel(qtensor, x)` for QTensor.matmul, from KERNEL_TABLE.
+
+    `build(qtensor)` lays the weights out for the row's kernel class; `prepare` does it once, into
+    `qtensor.kernel_data`; `layout(qtensor)` is what, beside the type, decides the arithmetic of a
+    matrix's products (matrices stack into one product only where it is equal).
+    """
+
+    def build(self, w: "QTensor"):
+        """A new instance of the matrix's kernel class, holding its weights laid out (see KERNEL_TABLE)."""
+        module, cls = kernel_row(w).kernel.split(".")
+        kernel_class = getattr(importlib.import_module(f"camelid.quant.kernels.{module}"), cls)
+        return kernel_class(w.raw, w.ggml_type, w.shape[0], w.shape[1])
+
+    def layout(self, w: "QTensor") -> str:
+        """PLAIN or REPACKED: see `llama_cpp_layout`."""
+        return llama_cpp_layout(w)
+
+    def prepare(self, w: "QTensor"):
+        """The matrix's laid-out weights, built on the first call and kept in `w.kernel_data`."""
+        if w.kernel_data is None:
+            w.kernel_data = self.build(w)
+        return w.kernel_data
+
+    def __call__(self, w: "QTensor", x: np.ndarray) -> np.ndarray:
+        """x (n_tokens, n_in) -> x @ W.T (n_tokens, n_out) float32, as llama.cpp computes it."""
+        return self.prepare(w).matmul(np.ascontiguousarray(x, dtype=np.float32))
+
+
+_TABLE_KERNEL = TableKernel()
+
+# ---------------------------------------------------------------------------- registration
+
 MatmulKernel = Callable[["QTensor", np.ndarray], np.ndarray]
 _KERNELS: dict[GGMLQuantizationType, MatmulKernel] = {}
 _builtin_loaded = False
 
 
 def _load_builtin_kernels() -> None:
-    """Register camelid.quant.kernels' exact kernels once (importing Numba only when first needed)."""
+    """Register the table's kernels once (Numba is imported when a kernel is first built)."""
     global _builtin_loaded
     if _builtin_loaded:
         return
     _builtin_loaded = True
-    from camelid.quant.kernels import BUILTIN_KERNELS
-
-    for ggml_type, kernel in BUILTIN_KERNELS.items():
-        _KERNELS.setdefault(ggml_type, kernel)
+    for row in KERNEL_TABLE:
+        for ggml_type in row.types:
+            _KERNELS.setdefault(ggml_type, _TABLE_KERNEL)
 
 
 def register_kernel(ggml_type: GGMLQuantizationType, kernel: MatmulKernel | None) -> None:

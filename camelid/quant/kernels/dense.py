@@ -1,4 +1,4 @@
-"""Products with float weights (F32, F16, BF16) in llama.cpp's exact operation order, as Numba kernels.
+"""Products with float weights (F32, F16, BF16) in llama.cpp's exact operation order, on any CPU.
 
 llama.cpp rounds the activations to the weight type (F16: nearest-even float16; BF16: bfloat16; F32:
 unchanged), then, for two or more tokens with n_out a multiple of 4 and n_in a multiple of the
@@ -17,21 +17,22 @@ vector width, runs llamafile's tinyBLAS; otherwise (one token: decoding) the ggm
   step, each reduced by `hsum16` and added in float64 (then a float64 tail).
 
 F16 and BF16 weights are widened to float32 once at load (twice their file size in memory).
+The code paths are listed, with the others, in camelid/quant/kernels/__init__.py.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.quant.activations import fake_quantize
 from camelid.cpu.ggml_math import f32_as_u32, fma32, hsum16, u32_as_f32
+from camelid.quant.kernels.layout import thread_chunks
 
 T = GGMLQuantizationType
 U = np.uint64
-F32, F16, BF16 = 0, 1, 2
+F32, F16, BF16 = 0, 1, 2  # weight kinds as the kernels take them
 _KIND = {T.F32: F32, T.F16: F16, T.BF16: BF16}
 _FLT_MIN = np.float32(1.1754943508222875e-38)
 
@@ -201,7 +202,7 @@ def _pair_order(n: int) -> np.ndarray:
     return order
 
 
-class PackedFloat:
+class Dense:
     """An F32 / F16 / BF16 matrix as float32 rows: F32 read in place, F16 / BF16 widened once."""
 
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
@@ -218,6 +219,8 @@ class PackedFloat:
                 self.w = np.ascontiguousarray(self.w[:, _pair_order(n_in)])
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as tinyBLAS (from 2 tokens, where the
+        shapes allow) or ggml_vec_dot_* (see the module docstring)."""
         n_tok = x.shape[0]
         xr = np.ascontiguousarray(fake_quantize(x, self.t), dtype=np.float32)
         if self.kind == BF16:
@@ -226,6 +229,5 @@ class PackedFloat:
         width = 32 if self.kind == BF16 else 16
         tiny = n_tok >= 2 and self.n_out % 4 == 0 and self.n_in % width == 0
         out = np.empty((n_tok, self.n_out), np.float32)
-        n_chunks = max(1, min((self.n_out + 1) // 2, numba.get_num_threads()))
-        _mm_float(self.w, self.kind, xr, tiny, out, n_chunks)
+        _mm_float(self.w, self.kind, xr, tiny, out, thread_chunks((self.n_out + 1) // 2))
         return out

@@ -1,0 +1,102 @@
+"""llama.cpp's activation rounding before a quantized product, in Numba, for the kernels.
+
+The same functions as the NumPy reference camelid/quant/activations.py (which documents the rules
+and is checked against ggml's), bit for bit, writing into flat arrays the kernels read:
+
+- `quantize_q8_0_or_1`: ggml's AVX2 quantize_row_q8_0 / quantize_row_q8_1 (32 values per block),
+  for the Q4_0, Q5_0, Q8_0 (Q8_0) and Q4_1, Q5_1 (Q8_1, with block sums) weights.
+- `quantize_q8_K`: ggml's quantize_row_q8_K_ref (256 values per block), for the K-quants, with the
+  sums of the codes by 16 (`bsums`); `q8_K_activations` allocates its outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from camelid.cpu.ggml_math import round_f16
+
+QK8 = 32  # values per Q8_0 / Q8_1 block
+QK_K = 256  # values per Q8_K block
+
+
+@njit(cache=True, boundscheck=False)
+def quantize_q8_0_or_1(x, with_sum, aq, ad, as_):
+    """ggml's AVX2 quantize_row_q8_0, or with `with_sum` quantize_row_q8_1, of the rows of x (n, k).
+
+    aq (n * k) int8 codes; ad (n * k/32) the float16 block scales as float32; as_ (n * k/32) the
+    Q8_1 sums f16(d * sum(q)) when with_sum. Equal to activations.quantize_q8_0/_q8_1, bit for bit.
+    """
+    n, k = x.shape
+    nb = k // QK8
+    for t in range(n):
+        for b in range(nb):
+            amax = np.float32(0.0)
+            for i in range(QK8):
+                amax = max(amax, abs(x[t, b * QK8 + i]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            total = 0
+            for i in range(QK8):
+                q = np.int8(np.rint(np.float64(x[t, b * QK8 + i] * inv)))
+                aq[t * k + b * QK8 + i] = q
+                total += q
+            ad[t * nb + b] = round_f16(d)
+            if with_sum:
+                as_[t * nb + b] = round_f16(d * np.float32(total))
+
+
+@njit(cache=True, boundscheck=False, fastmath={"nnan", "ninf", "nsz", "reassoc"})
+def _abs_max(x, t, o):
+    """The largest |x[t, o:o+256]| (any order gives the same maximum: it vectorizes with these flags)."""
+    m = np.float32(0.0)
+    for i in range(o, o + QK_K):
+        m = max(m, abs(x[t, i]))
+    return m
+
+
+@njit(cache=True, boundscheck=False)
+def quantize_q8_K(x, q, d, sums16):
+    """ggml's quantize_row_q8_K_ref of the rows of x (n, k): q (n * k) int8 codes, d (n * k/256)
+    float32 scales, sums16 (n * k/16) int32 sums of the codes by 16. Equal to
+    activations.quantize_q8_K, bit for bit (the largest magnitude's first occurrence sets the scale
+    -127 / max; codes round to nearest even, at most 127)."""
+    n, k = x.shape
+    nb = k // QK_K
+    for t in range(n):
+        for b in range(nb):
+            o = b * QK_K
+            amax = _abs_max(x, t, o)
+            vmax = np.float32(0.0)
+            for i in range(o, o + QK_K):
+                if abs(x[t, i]) == amax:
+                    vmax = x[t, i]
+                    break
+            if amax == 0:
+                d[t * nb + b] = 0
+                for i in range(QK_K):
+                    q[t * k + o + i] = 0
+                for i in range(16):
+                    sums16[(t * nb + b) * 16 + i] = 0
+                continue
+            iscale = np.float32(-127.0) / vmax
+            for j in range(16):
+                total = 0
+                for i in range(o + 16 * j, o + 16 * j + 16):
+                    c = min(127, int(np.rint(iscale * x[t, i])))
+                    q[t * k + i] = c
+                    total += c
+                sums16[(t * nb + b) * 16 + j] = total
+            d[t * nb + b] = np.float32(1.0) / iscale
+
+
+def q8_K_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (n_tok, n_in) -> Q8_K codes (n_tok * n_in) int8, scales (n_tok * n_in/256) float32, and the
+    codes' sums by 16 (n_tok * n_in/16) int32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n_in = x.shape
+    q = np.empty(n_tok * n_in, np.int8)
+    d = np.empty(n_tok * (n_in // QK_K), np.float32)
+    sums16 = np.empty(n_tok * (n_in // 16), np.int32)
+    quantize_q8_K(x, q, d, sums16)
+    return q, d, sums16
