@@ -34,16 +34,17 @@ class Model:
         gguf = open_model_file(path, show_progress=show_progress)
         self.path = gguf.path
         self.metadata = gguf.metadata
+        # tokenizer and template first: a file they refuse is refused before any kernel is compiled
+        self.tokenizer = Tokenizer.from_metadata(gguf.metadata, gguf.path)
+        self.template: ChatTemplate = template_for(gguf.metadata, self.tokenizer.tokens, chat_template, origin=Path(path).name)
+        if n_ctx is not None and n_ctx < 8:
+            raise CamelidError(f"a context of {n_ctx} tokens is too small; use at least a few hundred (-c 2048).")
         self.network = load_network(gguf, show_progress=show_progress)
         self.config = self.network.config
-        self.tokenizer = Tokenizer.from_metadata(gguf.metadata)
         if self.tokenizer.n_vocab > self.network.n_vocab:
             raise CamelidError(
                 f"{path}: the tokenizer has {self.tokenizer.n_vocab} tokens but token_embd only {self.network.n_vocab} rows; the file is inconsistent."
             )
-        self.template: ChatTemplate = template_for(gguf.metadata, self.tokenizer.tokens, chat_template, origin=Path(path).name)
-        if n_ctx is not None and n_ctx < 8:
-            raise CamelidError(f"a context of {n_ctx} tokens is too small; use at least a few hundred (-c 2048).")
         self.n_ctx = n_ctx or min(DEFAULT_CONTEXT, self.config.n_ctx_train)
         self._cache: KVCache | None = None
 

@@ -31,6 +31,7 @@ from jinja2.ext import Extension
 from camelid.chat.template_budget import MAX_CHARS, MAX_SECONDS, MAX_STEPS  # noqa: F401  (kept importable from here)
 from camelid.chat.template_budget import OverBudget, bounded_environment, compile_bounded, render_budget
 from camelid.errors import CamelidError
+from camelid.formats.metadata import MetadataReader
 
 __all__ = ["ChatTemplate", "template_for", "builtin_template", "BUILTIN_TEMPLATES", "ROLES", "ALPACA_SYSTEM"]
 
@@ -297,7 +298,8 @@ def _looks_like_llama2_chat(metadata: Mapping[str, Any]) -> bool:
     A name like "Llama-2-7b-chat" or "LLaMA v2", or a SentencePiece LLaMA with a 4096-token training
     context (LLaMA 1 and Chinese-LLaMA-Alpaca v1 have 2048), is taken as a Llama 2 chat model.
     """
-    names = " ".join(str(metadata.get(k, "")) for k in ("general.name", "general.basename", "general.finetune"))
+    read = MetadataReader(metadata)
+    names = " ".join(read.peek(k, "text") or "" for k in ("general.name", "general.basename", "general.finetune"))
     if _LLAMA2_NAME.search(names):
         return True
     return (
@@ -319,7 +321,7 @@ def template_for(metadata: Mapping[str, Any], tokens: Sequence[str] | None = Non
     budget is refused (CamelidError) here, naming origin (the model file's name) when given.
     """
     if tokens is None:
-        tokens = metadata.get("tokenizer.ggml.tokens")
+        tokens = MetadataReader(metadata).array("tokenizer.ggml.tokens", "text", None)
     bos = _token_text(tokens, metadata.get("tokenizer.ggml.bos_token_id"))
     eos = _token_text(tokens, metadata.get("tokenizer.ggml.eos_token_id"))
 
@@ -339,7 +341,7 @@ def template_for(metadata: Mapping[str, Any], tokens: Sequence[str] | None = Non
 
     source = metadata.get("tokenizer.chat_template")
     if isinstance(source, str) and source.strip():
-        name = str(metadata.get("general.name") or "tokenizer.chat_template")
+        name = (MetadataReader(metadata).peek("general.name", "text") or "tokenizer.chat_template")[:80]
         where = f"the chat template in {origin}" if origin else f"the chat template of {name!r} (tokenizer.chat_template)"
         template = ChatTemplate(source, bos, eos, name=name, origin=where)
         template.check_bounded()

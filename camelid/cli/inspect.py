@@ -43,19 +43,27 @@ def _summary(value, vtype, item_type) -> object:
 
 
 def _tokenizer(meta: dict, tensors_vocab: int | None) -> dict:
-    tokens = meta.get("tokenizer.ggml.tokens")
+    """The tokenizer summary; a value of the wrong type is shown as what it is, never used as what it should be."""
+    from camelid.formats.metadata import MetadataReader, describe, is_integer
+
+    read = MetadataReader(meta)
+    tokens = read.peek("tokenizer.ggml.tokens", "list")
     special = {}
     for key, value in meta.items():
         if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
             role = key[len("tokenizer.ggml."):-len("_token_id")]
-            text = tokens[value] if isinstance(tokens, list) and 0 <= value < len(tokens) else None
-            special[role] = {"id": value, "text": text}
-    template = meta.get("tokenizer.chat_template")
+            if not is_integer(value):
+                special[role] = {"id": describe(value), "text": None}
+                continue
+            text = tokens[value] if tokens is not None and 0 <= value < len(tokens) else None
+            special[role] = {"id": value, "text": text if isinstance(text, str) else None}
+    template = read.peek("tokenizer.chat_template", "text")
+    merges = read.peek("tokenizer.ggml.merges", "list")
     return {
         "model": meta.get("tokenizer.ggml.model"),
         "pre": meta.get("tokenizer.ggml.pre"),
-        "vocab_size": len(tokens) if isinstance(tokens, list) else tensors_vocab,
-        "merges": len(meta["tokenizer.ggml.merges"]) if isinstance(meta.get("tokenizer.ggml.merges"), list) else None,
+        "vocab_size": len(tokens) if tokens is not None else tensors_vocab,
+        "merges": None if merges is None else len(merges),
         "scores": "tokenizer.ggml.scores" in meta,
         "special_tokens": special,
         "add_bos": meta.get("tokenizer.ggml.add_bos_token"),
@@ -66,16 +74,15 @@ def _tokenizer(meta: dict, tensors_vocab: int | None) -> dict:
 
 def describe(path: str) -> dict:
     """Everything `camelid inspect` shows, as a JSON-able dict."""
+    import math
     import os
-
-    import numpy as np
 
     from camelid.formats.model_file import open_model_file
 
     gf = open_model_file(path, show_progress=False)
     tensors, totals = [], {}
     for t in gf.tensors.values():
-        n, nbytes = int(np.prod(t.shape)), int(t.raw.nbytes)
+        n, nbytes = math.prod(t.shape), int(t.raw.nbytes)
         tensors.append({"name": t.name, "type": t.ggml_type.name, "ne": list(reversed(t.shape)), "n_elements": n, "bytes": nbytes})
         tot = totals.setdefault(t.ggml_type.name, {"tensors": 0, "n_elements": 0, "bytes": 0})
         tot["tensors"] += 1
@@ -118,9 +125,13 @@ def _size(n: int) -> str:
 def _file_type(meta: dict) -> str | None:
     from gguf.constants import LlamaFileType
 
+    from camelid.formats.metadata import describe, is_integer
+
     ftype = meta.get("general.file_type")
     if ftype is None:
         return None
+    if not is_integer(ftype):
+        return f"unknown ({describe(ftype)})"
     try:
         return f"{LlamaFileType(ftype).name.removeprefix('MOSTLY_')} ({ftype})"
     except ValueError:

@@ -6,13 +6,13 @@ the shape of token_embd, before any kernel sees it: the kernels run without boun
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from typing import Any, Mapping
 
 from camelid.errors import CamelidError
+from camelid.formats.metadata import MAX_SIZE, MetadataReader, shown
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
 # Architectures whose GGUF q/k weights expect the NeoX RoPE layout (rotate x[i] with x[i + d/2]);
@@ -20,8 +20,9 @@ SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "phi3")
 NEOX_ROPE_ARCHITECTURES = ("qwen2", "qwen3", "gemma3", "phi3")
 # gemma3's default sliding-window pattern: of every 6 layers the first 5 are windowed (llama.cpp's load_swa_pattern).
 GEMMA3_SWA_PATTERN = 6
-# No real model comes near this in any size; it keeps every product of sizes well inside int64.
-MAX_SIZE = (1 << 31) - 1
+# Float settings are used in float32: RoPE's 1/scale and the angles must stay finite there.
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_ROPE_SCALE = 1e6
 
 
 @dataclass(frozen=True)
@@ -65,20 +66,21 @@ class Config:
         not divide, RoPE dimensions beyond the head), or a vocabulary size that disagrees with
         token_embd, output or the tokenizer's token list.
         """
-        arch = meta.get("general.architecture")
+        arch = MetadataReader(meta, path).string("general.architecture", None)
         if arch not in SUPPORTED_ARCHITECTURES:
+            found = "(general.architecture is missing)" if arch is None else repr(arch[:40])
             raise CamelidError(
-                f"{path}: architecture {arch!r} is not supported; camelid runs {', '.join(SUPPORTED_ARCHITECTURES)} "
+                f"{path}: architecture {found} is not supported; camelid runs {', '.join(SUPPORTED_ARCHITECTURES)} "
                 "(LLaMA 1/2/3, Mistral, SmolLM2, Chinese-LLaMA/Alpaca, Qwen 1.5/2/2.5/3, Gemma 3, Phi-3/Phi-4-mini)."
             )
-        read = _MetadataReader(meta, arch, path)
+        read = MetadataReader(meta, path, prefix=f"{arch}.")
         n_embd = read.size("embedding_length")
         n_head = read.size("attention.head_count")
         n_head_kv = read.size("attention.head_count_kv", n_head)
         if n_head % n_head_kv:
             read.fail(f"{n_head} query heads ({arch}.attention.head_count) cannot be grouped over {n_head_kv} key/value heads "
                       f"({arch}.attention.head_count_kv)")
-        if f"{arch}.attention.key_length" not in meta and n_embd % n_head:
+        if not read.has("attention.key_length") and n_embd % n_head:
             read.fail(f"the embedding length {n_embd} is not a multiple of the {n_head} heads, and {arch}.attention.key_length is not given")
         head_dim = read.size("attention.key_length", n_embd // n_head)
         if read.size("attention.value_length", head_dim) != head_dim:
@@ -86,16 +88,17 @@ class Config:
         rope_dim = read.size("rope.dimension_count", head_dim)
         if rope_dim % 2 or rope_dim > head_dim:
             read.fail(f"{arch}.rope.dimension_count is {rope_dim}; it must be even and at most the head size {head_dim}")
-        scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
-        rope_scale = read.number("rope.scaling.factor", read.number("rope.scale_linear", 1.0)) or 1.0
+        scaling_type = read.string("rope.scaling.type", "none")
+        linear = read.number("rope.scale_linear", 1.0, low=0.0, high=MAX_ROPE_SCALE)
+        rope_scale = read.number("rope.scaling.factor", linear, low=0.0, high=MAX_ROPE_SCALE) or 1.0
         if scaling_type not in ("none", "linear") and rope_scale != 1.0:
-            raise CamelidError(f"{path}: RoPE scaling {scaling_type!r} is not supported yet; camelid supports linear scaling.")
-        if rope_scale < 0:
-            read.fail(f"the RoPE scaling factor is {rope_scale}; it must be positive")
-        rope_base = read.number("rope.freq_base", 10000.0)
+            raise CamelidError(f"{path}: RoPE scaling {shown(scaling_type)} is not supported yet; camelid supports linear scaling.")
+        if rope_scale < 1 / MAX_ROPE_SCALE:
+            read.fail(f"the RoPE scaling factor is {rope_scale}; it must be at least {1 / MAX_ROPE_SCALE}")
+        rope_base = read.number("rope.freq_base", 10000.0, high=FLOAT32_MAX)
         if rope_base <= 0:
             read.fail(f"{arch}.rope.freq_base is {rope_base}; it must be positive")
-        rms_eps = read.number("attention.layer_norm_rms_epsilon", 1e-5)
+        rms_eps = read.number("attention.layer_norm_rms_epsilon", 1e-5, high=1.0)
         if rms_eps < 0:
             read.fail(f"{arch}.attention.layer_norm_rms_epsilon is {rms_eps}; it must not be negative")
         n_layer = read.size("block_count")
@@ -119,48 +122,16 @@ class Config:
         )
 
 
-class _MetadataReader:
-    """Typed reads of one architecture's `{arch}.*` keys; every failure is a CamelidError naming the file."""
-
-    def __init__(self, meta: Mapping[str, Any], arch: str, path: str):
-        self.meta, self.arch, self.path = meta, arch, path
-
-    def fail(self, problem: str):
-        raise CamelidError(f"{self.path}: {problem}; the file's metadata is corrupt. Convert or download the model again.")
-
-    def _get(self, name: str, default: Any) -> Any:
-        value = self.meta.get(f"{self.arch}.{name}", default)
-        if value is None:
-            raise CamelidError(f"{self.path}: metadata key {self.arch}.{name} is missing; the file is incomplete. Convert it again.")
-        return value
-
-    def size(self, name: str, default: int | None = None) -> int:
-        """A whole number from 1 to MAX_SIZE (a count or a dimension)."""
-        value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(f"{self.arch}.{name} is {_show(value)}, not a whole number")
-        if not 1 <= value <= MAX_SIZE:
-            self.fail(f"{self.arch}.{name} is {value}, outside 1..{MAX_SIZE}")
-        return value
-
-    def number(self, name: str, default: float) -> float:
-        """A finite real number."""
-        value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.fail(f"{self.arch}.{name} is {_show(value)}, not a finite number")
-        return float(value)
-
-
-def _arch_fields(read: "_MetadataReader", arch: str, n_embd: int, n_layer: int, head_dim: int) -> dict[str, Any]:
+def _arch_fields(read: MetadataReader, arch: str, n_embd: int, n_layer: int, head_dim: int) -> dict[str, Any]:
     """The Config fields only some architectures set, as llama.cpp's load_arch_hparams reads them.
 
     A llama file that declares {arch}.attention.sliding_window (Mistral 7B v0.1 converted with its
     window) gets the window on every layer, as transformers' MistralForCausalLM runs it; llama.cpp
     ignores the key for llama (and its converter does not write it), so the two part beyond it.
     """
-    window = read.meta.get(f"{arch}.attention.sliding_window", 0)
+    window = read.integer("attention.sliding_window", 0, min=0, max=MAX_SIZE)
     if arch == "llama" and window:
-        return dict(sliding_window=read.size("attention.sliding_window"), swa_layers=(True,) * n_layer)
+        return dict(sliding_window=window, swa_layers=(True,) * n_layer)
     if arch == "phi3":  # llama.cpp scales q before attention and ignores Phi-3's window
         return dict(q_scale=float(np.float32(1.0) / np.sqrt(np.float32(head_dim))))
     if arch != "gemma3":
@@ -169,21 +140,16 @@ def _arch_fields(read: "_MetadataReader", arch: str, n_embd: int, n_layer: int, 
     q_dim = n_embd // read.size("attention.head_count") if n_layer == 62 else head_dim
     fields: dict[str, Any] = dict(q_scale=float(np.float32(1.0) / np.sqrt(np.float32(q_dim))),
                                   embd_scale=float(np.sqrt(np.float32(n_embd))), ffn_gelu=True,
-                                  logit_softcap=read.number("final_logit_softcapping", 0.0))
+                                  logit_softcap=read.number("final_logit_softcapping", 0.0, low=0.0, high=FLOAT32_MAX))
     if window:
         pattern = read.size("attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
         fields.update(sliding_window=read.size("attention.sliding_window"),
                       swa_layers=tuple(i % pattern < pattern - 1 for i in range(n_layer)),
-                      rope_base_swa=read.number("rope.freq_base_swa", 10000.0))
+                      rope_base_swa=read.number("rope.freq_base_swa", 10000.0, low=1e-30, high=FLOAT32_MAX))
     return fields
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _vocab_size(read: _MetadataReader, tensor_shapes: Mapping[str, tuple[int, ...]], n_embd: int) -> int:
+def _vocab_size(read: MetadataReader, tensor_shapes: Mapping[str, tuple[int, ...]], n_embd: int) -> int:
     """Rows of token_embd, checked against output.weight, {arch}.vocab_size and the tokenizer's token list."""
     shape = tensor_shapes.get("token_embd.weight")
     if shape is None:
@@ -195,13 +161,12 @@ def _vocab_size(read: _MetadataReader, tensor_shapes: Mapping[str, tuple[int, ..
     output = tensor_shapes.get("output.weight")
     if output is not None and tuple(output) != shape:
         read.fail(f"output.weight has shape {tuple(output)}, not {shape} as token_embd.weight")
-    if read.size("vocab_size", n_vocab) != n_vocab:
-        read.fail(f"{read.arch}.vocab_size is {read.meta[read.arch + '.vocab_size']} but token_embd.weight has {n_vocab} rows")
-    tokens = read.meta.get("tokenizer.ggml.tokens")
+    vocab_size = read.size("vocab_size", n_vocab)
+    if vocab_size != n_vocab:
+        read.fail(f"{read.key('vocab_size')} is {vocab_size} but token_embd.weight has {n_vocab} rows")
+    tokens = MetadataReader(read.meta, read.path).array("tokenizer.ggml.tokens", "text", None)
     if tokens is None:
         return n_vocab
-    if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
-        read.fail("tokenizer.ggml.tokens is not a list of texts")
     if len(tokens) != n_vocab:
         read.fail(f"the tokenizer lists {len(tokens)} tokens (tokenizer.ggml.tokens) but token_embd.weight has {n_vocab} rows")
     return n_vocab

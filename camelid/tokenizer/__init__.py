@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from camelid.errors import CamelidError
+from camelid.formats.metadata import MetadataReader
 from camelid.tokenizer.bpe import BpeModel
 from camelid.tokenizer.pretokenize import CHAR_TO_BYTE, PRE_TOKENIZERS
 from camelid.tokenizer.spm import SPACE, SpmModel
@@ -53,44 +54,43 @@ class Tokenizer:
         self.add_space_prefix: bool = add_space_prefix
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
+    def from_metadata(cls, meta: dict[str, Any], path: str = "model") -> Tokenizer:
         """Build the tokenizer from a GGUF metadata dict (as `camelid.formats.gguf.read_metadata` returns).
 
-        Raises CamelidError if the vocabulary type is not supported or the vocabulary is missing.
+        Raises CamelidError if the vocabulary type is not supported, the vocabulary is missing, or a
+        tokenizer key holds a value of the wrong type (path names the file in the message).
         An unknown BPE pre-tokenizer falls back to llama.cpp's "default" one with a warning.
         """
-        model = meta.get("tokenizer.ggml.model")
+        read = MetadataReader(meta, path)
+        model = read.string("tokenizer.ggml.model", None)
         if model is None:
             raise CamelidError("the GGUF metadata has no tokenizer.ggml.model key, so this file has no tokenizer. "
                                "Use a model file converted with its tokenizer.")
         if model not in SUPPORTED_MODELS:
-            raise CamelidError(f"unsupported tokenizer model {model!r} (tokenizer.ggml.model); camelid supports "
+            raise CamelidError(f"unsupported tokenizer model {model[:40]!r} (tokenizer.ggml.model); camelid supports "
                                f"{', '.join(repr(m) for m in SUPPORTED_MODELS)} (SentencePiece and byte-level BPE). "
                                "Use a model with one of those vocabularies.")
         if model == "llama":
-            vocab = Vocab(meta, model, add_bos_default=True)
-            add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+            vocab = Vocab(meta, model, add_bos_default=True, path=path)
+            add_space_prefix = read.boolean("tokenizer.ggml.add_space_prefix", True)
             return cls(vocab, model, SpmModel(vocab), pre=None, add_space_prefix=add_space_prefix)
 
-        pre_name = meta.get("tokenizer.ggml.pre")
+        pre_name = read.string("tokenizer.ggml.pre", None)
         pre = PRE_TOKENIZERS.get(pre_name) if pre_name is not None else None
         if pre is None:
             supported = ", ".join(sorted(PRE_TOKENIZERS))
             what = "no pre-tokenizer (tokenizer.ggml.pre)" if pre_name is None else \
-                f"the unknown pre-tokenizer {pre_name!r} (tokenizer.ggml.pre)"
+                f"the unknown pre-tokenizer {pre_name[:40]!r} (tokenizer.ggml.pre)"
             warnings.warn(f"this model names {what}; using 'default', so tokenization may differ from the model's "
                           f"own and generation quality may suffer. Supported pre-tokenizers: {supported}.",
                           stacklevel=2)
             pre_name, pre = "default", PRE_TOKENIZERS["default"]
-        merges = meta.get("tokenizer.ggml.merges")
+        merges = read.array("tokenizer.ggml.merges", "text", None)
         if not merges:
-            raise CamelidError("this BPE vocabulary has no tokenizer.ggml.merges list; the file is incomplete. "
+            raise CamelidError(f"{path}: this BPE vocabulary has no tokenizer.ggml.merges list; the file is incomplete. "
                                "Convert the model again with its tokenizer.")
-        if not isinstance(merges, (list, tuple)) or not all(isinstance(m, str) for m in merges):
-            raise CamelidError("tokenizer.ggml.merges is not a list of texts; the file's tokenizer metadata is corrupt. "
-                               "Convert or download the model again.")
-        vocab = Vocab(meta, model, add_bos_default=pre.add_bos, has_bos=pre.has_bos)
-        return cls(vocab, model, BpeModel(vocab, list(merges), pre), pre=pre_name, add_space_prefix=False)
+        vocab = Vocab(meta, model, add_bos_default=pre.add_bos, has_bos=pre.has_bos, path=path)
+        return cls(vocab, model, BpeModel(vocab, merges, pre), pre=pre_name, add_space_prefix=False)
 
     # -- lookups ----------------------------------------------------------------------------------
 
@@ -208,4 +208,4 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """
     from camelid.formats.gguf import read_metadata
 
-    return Tokenizer.from_metadata(read_metadata(path))
+    return Tokenizer.from_metadata(read_metadata(path), os.fspath(path))

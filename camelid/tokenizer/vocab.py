@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from camelid.errors import CamelidError
+from camelid.formats.metadata import MetadataReader
 
 # Token attributes, bit flags (llama.cpp's llama_token_attr values).
 ATTR_UNDEFINED = 0
@@ -48,27 +49,21 @@ _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "
               "<｜end▁of▁sentence｜>", "[e~[")
 
 
-def _check_list(values: Any, kind: type | tuple[type, ...], key: str, what: str) -> None:
-    """Raise CamelidError unless `values` (a tokenizer.ggml.* value) is absent or a list of `kind`."""
-    if values is not None and not (isinstance(values, (list, tuple)) and all(isinstance(v, kind) for v in values)):
-        raise CamelidError(f"tokenizer.ggml.{key} is not a list of {what}; the file's tokenizer metadata is corrupt. "
-                           "Convert or download the model again.")
-
-
 class Vocab:
     """Token table of one model, with the special ids llama.cpp derives from the metadata.
 
     tokens[i] is the token text; attrs[i] its ATTR_* bits; scores[i] its SPM score (0.0 if absent);
-    token_to_id maps text to the first id with that text. Special ids are None when absent.
+    token_to_id maps text to the first id with that text. Special ids are None when absent. A
+    tokenizer key of the wrong type raises CamelidError naming the file (path).
     """
 
-    def __init__(self, meta: dict[str, Any], model: str, *, add_bos_default: bool, has_bos: bool = True):
-        tokens = meta.get(_K + "tokens")
+    def __init__(self, meta: dict[str, Any], model: str, *, add_bos_default: bool, has_bos: bool = True,
+                 path: str = "model"):
+        read = MetadataReader(meta, path, prefix=_K)
+        tokens = read.array("tokens", "text", None)
         if not tokens:
-            raise CamelidError("the GGUF metadata has no tokenizer.ggml.tokens list; this file carries no vocabulary. "
+            raise CamelidError(f"{path}: the GGUF metadata has no tokenizer.ggml.tokens list; this file carries no vocabulary. "
                                "Use a model file converted with its tokenizer.")
-        _check_list(tokens, str, "tokens", "texts")
-        tokens = list(tokens)
         n = len(tokens)
         for i in [i for i, t in enumerate(tokens) if not t]:
             tokens[i] = f"[EMPTY_{i}]"
@@ -76,11 +71,9 @@ class Vocab:
         self.n_vocab = n
         # Reversed so that for a duplicated text the first id wins.
         self.token_to_id: dict[str, int] = dict(zip(reversed(tokens), range(n - 1, -1, -1)))
-        scores = meta.get(_K + "scores")
-        _check_list(scores, (int, float), "scores", "numbers")
-        self.scores: list[float] = list(scores[:n]) if scores is not None and len(scores) >= n else [0.0] * n
-        types = meta.get(_K + "token_type")
-        _check_list(types, int, "token_type", "whole numbers")
+        scores = read.array("scores", "number", None)
+        self.scores: list[float] = [float(v) for v in scores[:n]] if scores is not None and len(scores) >= n else [0.0] * n
+        types = read.array("token_type", "integer", None)
         if types is not None and len(types) >= n:
             get = _TYPE_TO_ATTR.get
             self.attrs: list[int] = [get(t, ATTR_UNDEFINED) for t in types[:n]]
@@ -102,8 +95,8 @@ class Vocab:
                 "unk": "unknown_token_id", "pad": "padding_token_id"}
         keys.update({f: f"{f}_token_id" for f in _FIM_TEXTS})
         for name, key in keys.items():
-            value = meta.get(_K + key)
-            if isinstance(value, int) and 0 <= value < n:
+            value = read.token_id(key, n)
+            if value is not None:
                 ids[name] = value
         self._detect_by_text(ids)
 
@@ -116,13 +109,13 @@ class Vocab:
         self.fim_ids: dict[str, int | None] = {f: ids[f] for f in _FIM_TEXTS}
         self.eog_ids: frozenset[int] = self._end_of_generation_ids(ids)
 
-        self.add_bos = bool(meta.get(_K + "add_bos_token", add_bos_default))
-        self.add_eos = bool(meta.get(_K + "add_eos_token", False))
+        self.add_bos = read.boolean("add_bos_token", add_bos_default)
+        self.add_eos = read.boolean("add_eos_token", False)
         if self.add_bos and self.bos_id is None:
-            raise CamelidError("the GGUF metadata says to add a BOS token (tokenizer.ggml.add_bos_token) but names "
+            raise CamelidError(f"{path}: the GGUF metadata says to add a BOS token (tokenizer.ggml.add_bos_token) but names "
                                "none (tokenizer.ggml.bos_token_id); the file's tokenizer metadata is incomplete.")
         if self.add_eos and self.eos_id is None:
-            raise CamelidError("the GGUF metadata says to add an EOS token (tokenizer.ggml.add_eos_token) but names "
+            raise CamelidError(f"{path}: the GGUF metadata says to add an EOS token (tokenizer.ggml.add_eos_token) but names "
                                "none (tokenizer.ggml.eos_token_id); the file's tokenizer metadata is incomplete.")
 
         # Special tokens split out of text before tokenizing, longest (in UTF-8 bytes) first.
