@@ -27,6 +27,7 @@ from camelid.sampling import SamplingParams
 
 FORMAT_KEY = "camelid_chat"
 FORMAT_VERSION = 1
+MAX_CHAT_BYTES = 32 << 20  # far more than any context holds; keeps /load's memory within a small multiple of this
 
 
 def chat_to_dict(session) -> dict[str, Any]:
@@ -73,6 +74,8 @@ def read_chat(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a saved chat; returns its fields (messages, system, sampling, max_tokens, ...)."""
     source = Path(path).expanduser()
     try:
+        if source.is_file() and source.stat().st_size > MAX_CHAT_BYTES:
+            raise _bad(source, f"it is {source.stat().st_size >> 20} MiB, more than the {MAX_CHAT_BYTES >> 20} MiB a saved chat can be")
         raw = source.read_bytes()
     except OSError as e:
         raise CamelidError(f"cannot read the chat file {source}: {e.strerror or e}.") from None
@@ -82,6 +85,10 @@ def read_chat(path: str | os.PathLike) -> dict[str, Any]:
         raise _bad(source, "it is not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise _bad(source, f"invalid JSON at line {e.lineno}, column {e.colno}") from None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise _bad(source, "a number in it is too long") from None
+    except RecursionError:
+        raise _bad(source, "its JSON is nested too deeply") from None
     if not isinstance(data, dict) or FORMAT_KEY not in data:
         raise _bad(source, f"no {FORMAT_KEY!r} key (files written by /save have one)")
     if data[FORMAT_KEY] != FORMAT_VERSION:

@@ -19,6 +19,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
 from camelid.errors import CamelidError
+from camelid.formats.metadata import MetadataReader, describe, shown
 
 GGUF_MAGIC = b"GGUF"
 # Magics of the 2023 formats, as the bytes start the file (uint32 little-endian on disk).
@@ -121,12 +122,14 @@ class _HeaderParser:
         return s
 
     def value(self, vtype: int) -> Any:
-        vtype = GGUFValueType(vtype)
+        vtype = _value_type(vtype)
         if vtype == GGUFValueType.STRING:
             return self.string()
         if vtype == GGUFValueType.ARRAY:
             item_type, count = self._take("<IQ")
-            item_type = GGUFValueType(item_type)
+            item_type = _value_type(item_type)
+            if count > len(self.buf) - self.pos:
+                raise ValueError(f"an array claims {count} items, more than the bytes left in the file")
             if item_type == GGUFValueType.STRING:
                 return [self.string() for _ in range(count)]
             if item_type == GGUFValueType.ARRAY:
@@ -141,6 +144,17 @@ class _HeaderParser:
         return bool(value) if vtype == GGUFValueType.BOOL else value.item()
 
 
+def _value_type(code: int) -> GGUFValueType:
+    try:
+        return GGUFValueType(code)
+    except ValueError:
+        raise ValueError(f"value type {code} is not one GGUF defines") from None
+
+
+def _corrupt(path: str, problem: str) -> CamelidError:
+    return CamelidError(f"{path}: {problem}; the file is corrupt. Download or convert it again.")
+
+
 def _parse(path: str, buf) -> tuple[int, dict[str, Any], list[tuple[str, list[int], int, int]], int, dict]:
     """Parse the header: (version, metadata, [(name, ne, type, offset)], data_start, metadata types)."""
     p = _HeaderParser(buf)
@@ -150,23 +164,37 @@ def _parse(path: str, buf) -> tuple[int, dict[str, Any], list[tuple[str, list[in
     n_tensors, n_kv = p._take("<QQ")
     meta: dict[str, Any] = {}
     types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {}
-    for _ in range(n_kv):
+    for i in range(n_kv):
         key = p.string()
-        vtype = GGUFValueType(p._take("<I"))
-        item_type = GGUFValueType(struct.unpack_from("<I", buf, p.pos)[0]) if vtype == GGUFValueType.ARRAY else None
-        types[key] = (vtype, item_type)
-        meta[key] = p.value(vtype)
+        if key in meta:
+            raise _corrupt(path, f"metadata key {shown(key)} appears twice")
+        try:
+            vtype = _value_type(p._take("<I"))
+            item_type = _value_type(struct.unpack_from("<I", buf, p.pos)[0]) if vtype == GGUFValueType.ARRAY else None
+            types[key] = (vtype, item_type)
+            meta[key] = p.value(vtype)
+        except (ValueError, struct.error, RecursionError) as exc:
+            raise _corrupt(path, f"metadata key {shown(key)} (key {i + 1} of {n_kv}) cannot be read: {exc}") from None
     infos = []
-    for _ in range(n_tensors):
+    names = set()
+    for i in range(n_tensors):
         name = p.string()
+        if name in names:
+            raise _corrupt(path, f"tensor {shown(name)} appears twice in the tensor table")
+        names.add(name)
         n_dims = p._take("<I")
         if not 1 <= n_dims <= GGML_MAX_DIMS:
-            raise CamelidError(f"{path}: tensor {name} has {n_dims} dimensions; GGUF allows 1 to {GGML_MAX_DIMS}. The file is corrupt.")
+            raise _corrupt(path, f"tensor {shown(name)} has {n_dims} dimensions, where GGUF allows 1 to {GGML_MAX_DIMS}")
         ne = [p._take("<Q") for _ in range(n_dims)]
         ggml_type, offset = p._take("<IQ")
         infos.append((name, ne, ggml_type, offset))
-    alignment = int(meta.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
+    alignment = MetadataReader(meta, path).integer("general.alignment", GGUF_DEFAULT_ALIGNMENT, min=1, max=1 << 30)
+    if alignment & (alignment - 1):
+        raise _corrupt(path, f"general.alignment is {alignment}, not a power of two")
     data_start = -(-p.pos // alignment) * alignment
+    for name, _ne, _type, offset in infos:
+        if offset % alignment:
+            raise _corrupt(path, f"tensor {shown(name)} starts at offset {offset}, not a multiple of the alignment {alignment}")
     return version, meta, infos, data_start, types
 
 
@@ -182,7 +210,8 @@ def _parse_or_explain(path: str, buf):
     except CamelidError:
         raise
     except Exception as exc:  # struct.error, ValueError, IndexError on malformed input
-        raise CamelidError(f"{path} is not a valid GGUF file or is truncated ({type(exc).__name__}: {exc}). Download or convert it again.") from None
+        raise CamelidError(f"{path} is not a valid GGUF file or is truncated ({type(exc).__name__}: {str(exc)[:200]}). "
+                           "Download or convert it again.") from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -194,21 +223,25 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def _tensor_info(path: str, buf, data_start: int, name: str, ne: list[int], type_id: int, offset: int) -> TensorInfo:
     try:
         ggml_type = GGMLQuantizationType(type_id)
-    except ValueError:
-        raise CamelidError(f"{path}: tensor {name} has an unknown type id {type_id}; this file may need a newer camelid.") from None
+        block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    except (ValueError, KeyError):
+        raise CamelidError(f"{path}: tensor {shown(name)} has an unknown type id {type_id}; this file may need a newer camelid.") from None
     shape = tuple(int(n) for n in reversed(ne))
-    if max(shape) > INT64_MAX or math.prod(shape) > INT64_MAX:
-        raise CamelidError(f"{path}: tensor {name} has shape {shape}, more elements than GGML can index; the file is corrupt.")
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    if max(shape) > INT64_MAX or math.prod(shape) > INT64_MAX or math.prod(shape[:-1]) > INT64_MAX:
+        raise _corrupt(path, f"tensor {shown(name)} has shape {_shape_text(ne)} (ggml order), more elements than GGML can index")
     if shape[-1] % block_size:
-        raise CamelidError(f"{path}: tensor {name} has {shape[-1]} columns, not a multiple of the {ggml_type.name} block size {block_size}.")
+        raise CamelidError(f"{path}: tensor {shown(name)} has {shape[-1]} columns, not a multiple of the {ggml_type.name} block size {block_size}.")
     row_bytes = shape[-1] // block_size * type_size
     n_rows = math.prod(shape[:-1])
     start = data_start + offset
     if start + n_rows * row_bytes > len(buf):
-        raise CamelidError(f"{path} is truncated: tensor {name} ends past the end of the file. Download or convert it again.")
+        raise CamelidError(f"{path} is truncated: tensor {shown(name)} ends past the end of the file. Download or convert it again.")
     raw = buf[start:start + n_rows * row_bytes].reshape(n_rows, row_bytes)
     return TensorInfo(name=name, ggml_type=ggml_type, shape=shape, raw=raw)
+
+
+def _shape_text(ne: list[int]) -> str:
+    return describe(list(ne)) if len(str(ne)) > 80 else str(list(ne))
 
 
 def open_gguf(path: str | os.PathLike) -> GGUFFile:

@@ -28,12 +28,15 @@ import numpy as np
 
 from camelid.errors import CamelidError
 from camelid.formats import safe_pickle
+from camelid.formats.metadata import describe, is_integer, shown
 
 __all__ = ["TensorSource", "open_tensor_files", "Checkpoint", "open_checkpoint", "bf16_to_f32"]
 
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8"),
                        "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
                        "U8": np.dtype("u1"), "BOOL": np.dtype("?")}
+_MAX_DIMS = 8  # safetensors tensors of a checkpoint have at most 4 dimensions
+_INT64_MAX = (1 << 63) - 1
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -109,30 +112,50 @@ def _safetensors_entries(path: str) -> dict[str, _Entry]:
             raise CamelidError(f"{path} is not a safetensors file, or its header is truncated.")
         try:
             header = json.loads(f.read(n_header))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CamelidError(f"{path} has a corrupt safetensors header (not JSON).") from None
+        except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON or a number of over 4300 digits
+            raise CamelidError(f"{path} has a corrupt safetensors header (not JSON, or nested too deeply).") from None
     if not isinstance(header, dict):
-        raise CamelidError(f"{path} has a corrupt safetensors header.")
+        raise CamelidError(f"{path} has a corrupt safetensors header: it is {describe(header)}, not a JSON object.")
     data_start = 8 + n_header
     entries: dict[str, _Entry] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CamelidError(f"{path}: tensor {name} has an unsupported dtype or a malformed header entry {str(info)[:80]}.") from None
+        dtype, shape, (begin, end) = _header_entry(path, name, info)
         n_bytes = math.prod(shape) * dtype.itemsize
-        if end - begin != n_bytes or begin < 0 or any(d < 0 for d in shape):
-            raise CamelidError(f"{path}: tensor {name} has shape {list(shape)} but {end - begin} bytes; the file is corrupt.")
+        if end - begin != n_bytes:
+            raise CamelidError(f"{path}: tensor {shown(name)} has shape {list(shape)} of {info['dtype']} ({n_bytes} bytes) but "
+                               f"data_offsets [{begin}, {end}] ({end - begin} bytes); the file is corrupt.")
         if data_start + end > size:
-            raise CamelidError(f"{path} is truncated: tensor {name} ends at byte {data_start + end} of a {size}-byte file. "
+            raise CamelidError(f"{path} is truncated: tensor {shown(name)} ends at byte {data_start + end} of a {size}-byte file. "
                                "Download or write it again.")
         entries[name] = _Entry(shape, lambda o=data_start + begin, n=n_bytes, d=dtype, s=shape: _read_at(path, o, n, d, s),
                                info["dtype"] == "BF16")
     return entries
+
+
+def _header_entry(path: str, name: str, info) -> tuple[np.dtype, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, (begin, end)) of one safetensors header entry, each checked for type and range."""
+    def bad(what: str, found) -> CamelidError:
+        return CamelidError(f"{path}: tensor {shown(name)} in the safetensors header has {what} {describe(found)}; "
+                            "the file is corrupt. Download or write it again.")
+
+    if not isinstance(info, dict):
+        raise bad("the entry", info)
+    dtype_name = info.get("dtype")
+    if not isinstance(dtype_name, str) or dtype_name not in _SAFETENSORS_DTYPES:
+        found = shown(dtype_name) if isinstance(dtype_name, str) else describe(dtype_name)
+        raise CamelidError(f"{path}: tensor {shown(name)} has dtype {found}, which camelid does not read; it reads "
+                           f"{', '.join(_SAFETENSORS_DTYPES)}.")
+    shape = info.get("shape")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(is_integer(d) and d >= 0 for d in shape):
+        raise bad(f"a shape that is not a list of at most {_MAX_DIMS} whole numbers >= 0:", shape)
+    if math.prod(d for d in shape if d) * _SAFETENSORS_DTYPES[dtype_name].itemsize > _INT64_MAX:
+        raise bad("a shape with more elements than can be indexed:", shape)
+    offsets = info.get("data_offsets")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_integer(x) and 0 <= x <= _INT64_MAX for x in offsets):
+        raise bad("data_offsets that are not two whole numbers >= 0:", offsets)
+    return _SAFETENSORS_DTYPES[dtype_name], tuple(shape), (offsets[0], offsets[1])
 
 
 def _pickle_entries(path: str) -> dict[str, _Entry]:
@@ -154,7 +177,7 @@ def open_tensor_files(paths: list[Path]) -> TensorSource:
         found = _safetensors_entries(p) if p.endswith(".safetensors") else _pickle_entries(p)
         for name in found:
             if name in entries:
-                raise CamelidError(f"tensor {name} appears in two weight files (the second is {p}); the shards overlap.")
+                raise CamelidError(f"tensor {shown(name)} appears in two weight files (the second is {p}); the shards overlap.")
         entries.update(found)
     return _EntrySource(entries)
 

@@ -32,6 +32,7 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType, TokenType
 from camelid.errors import CamelidError
 from camelid.formats.gguf import GGUFFile, TensorInfo, check_model_path
 from camelid.formats.gguf_writer import MetadataValue
+from camelid.formats.metadata import shown
 from camelid.formats.legacy_blocks import SpillFile, convert_blocks, convert_rows_into, file_block_bytes, needs_conversion
 
 T = GGMLQuantizationType
@@ -227,7 +228,7 @@ def _gguf_name(path: str, what: str, name: str, n_layer: int) -> str:
     m = _LAYER_RE.fullmatch(name)
     if m and m.group(2) in _LAYER_NAMES and int(m.group(1)) < n_layer:
         return f"blk.{int(m.group(1))}.{_LAYER_NAMES[m.group(2)]}"
-    raise CamelidError(f"{path}: tensor {name!r} is not a tensor of a LLaMA model ({what} file); camelid reads the LLaMA "
+    raise CamelidError(f"{path}: tensor {shown(name)} is not a tensor of a LLaMA model ({what} file); camelid reads the LLaMA "
                        "family's legacy files only (other ggml models, e.g. GPT-2 or GPT-J, are not supported).")
 
 
@@ -241,10 +242,10 @@ def _read_tensors(cur: _Cursor, path: str, fmt: str, layout: int, hp: dict[str, 
         name = raw_name.decode("utf-8", errors="replace")
         if type_id in _REMOVED_TYPES:
             removed, when = _REMOVED_TYPES[type_id]
-            raise CamelidError(f"{path}: tensor {name} is {removed}, a type llama.cpp removed {when} that nothing reads "
+            raise CamelidError(f"{path}: tensor {shown(name)} is {removed}, a type llama.cpp removed {when} that nothing reads "
                                "any more; quantize the original model again.")
         if type_id not in _TYPES:
-            raise _corrupt(path, cur.what, f"tensor {name} has the unknown type id {type_id}")
+            raise _corrupt(path, cur.what, f"tensor {shown(name)} has the unknown type id {type_id}")
         ggml_type = _TYPES[type_id]
         if layout == 1 and type_id == int(T.Q5_0) and hp["ftype"] == _FTYPE_Q8_0:
             ggml_type = T.Q8_0  # Q8_0 had id 6 for a day (llama.cpp 7a32fcb3b to 574406dc7, April 2023)
@@ -253,11 +254,11 @@ def _read_tensors(cur: _Cursor, path: str, fmt: str, layout: int, hp: dict[str, 
         block_size, type_size = file_block_bytes(ggml_type, layout)
         shape = tuple(reversed(ne))  # NumPy order: rows first
         if min(shape) == 0 or shape[-1] % block_size:
-            raise _corrupt(path, cur.what, f"tensor {name} has shape {shape}, not whole {ggml_type.name} blocks of {block_size}")
+            raise _corrupt(path, cur.what, f"tensor {shown(name)} has shape {shape}, not whole {ggml_type.name} blocks of {block_size}")
         n_rows = shape[0] if n_dims == 2 else 1
         row_bytes = shape[-1] // block_size * type_size
         start = cur.pos
-        cur.need(n_rows * row_bytes, f"the data of tensor {name}")
+        cur.need(n_rows * row_bytes, f"the data of tensor {shown(name)}")
         cur.pos += n_rows * row_bytes
         raw = data[start:cur.pos].reshape(n_rows, row_bytes)
         yield LegacyTensor(_gguf_name(path, cur.what, name, hp["n_layer"]), ggml_type, shape, raw, start, layout)

@@ -77,7 +77,8 @@ def _unpair_nibbles(qs: np.ndarray) -> np.ndarray:
 
 
 def _f16_scales(values: np.ndarray, what: str) -> np.ndarray:
-    out = values.astype(np.float16)
+    with np.errstate(over="ignore"):
+        out = values.astype(np.float16)
     if not np.isfinite(out[np.isfinite(values)]).all():
         raise CamelidError(f"{what}: a block scale is too large for float16 (|scale| > 65504); the file is corrupted.")
     return out

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from camelid.errors import CamelidError
+from camelid.formats.metadata import shown
 
 # torch storage class name -> NumPy dtype of its elements (bfloat16 as raw uint16 bits).
 _STORAGE_DTYPES = {
@@ -205,22 +206,22 @@ class _StateDictReader:
     def _global(self, module: Any, name: Any) -> Any:
         found = self._globals.get((module, name)) if isinstance(module, str) and isinstance(name, str) else None
         if found is None:
-            raise self._refuse(f"asks for {str(module)[:80]}.{str(name)[:80]}")
+            raise self._refuse(f"asks for {shown(str(module))}.{shown(str(name))}")
         return found
 
     def _persistent(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and any(pid[1] is k for k in self._storage_types)
                 and isinstance(pid[2], str) and type(pid[4]) is int and pid[4] >= 0):
-            raise self._corrupt(f"an unsupported persistent id {str(pid)[:80]!r}")
+            raise self._corrupt(f"an unsupported persistent id {shown(str(pid))}")
         _, kind, key, _location, numel = pid
         entry = self._storages.get(key)
         if entry is None:
-            raise CamelidError(f"{self._path}: the pickle refers to storage {self._prefix}data/{key[:80]}, which the archive lacks; "
+            raise CamelidError(f"{self._path}: the pickle refers to storage {shown(self._prefix + 'data/' + key)}, which the archive lacks; "
                                "the file is corrupt.")
         offset, entry_bytes = entry
         n_bytes = numel * kind.dtype.itemsize
         if n_bytes > entry_bytes:
-            raise CamelidError(f"{self._path}: storage {key[:80]} claims more bytes than its archive entry holds "
+            raise CamelidError(f"{self._path}: storage {shown(key)} claims more bytes than its archive entry holds "
                                f"({n_bytes} > {entry_bytes}); the file is corrupt.")
         return _Storage(self._path, offset, n_bytes, kind)
 
@@ -228,7 +229,7 @@ class _StateDictReader:
         args = self._pop()
         func = self._pop()
         if not isinstance(args, tuple) or not any(func is f for f in _FUNCTIONS.values()):
-            raise self._refuse(f"calls {type(func).__name__} {str(func)[:80]}")
+            raise self._refuse(f"calls {type(func).__name__} {shown(str(func))}")
         return func(self._path, *args)
 
     def _step(self, name: str, arg: Any):
@@ -324,11 +325,11 @@ def _entry_data_offset(f, info: zipfile.ZipInfo, size: int) -> int:
     f.seek(info.header_offset)
     header = f.read(_ZIP_LOCAL_HEADER.size)
     if len(header) != _ZIP_LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-        raise CamelidError(f"{f.name}: bad zip entry {info.filename}; the file is corrupt or truncated.")
+        raise CamelidError(f"{f.name}: bad zip entry {shown(info.filename)}; the file is corrupt or truncated.")
     fields = _ZIP_LOCAL_HEADER.unpack(header)
     offset = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[-2] + fields[-1]
     if info.compress_size != info.file_size or offset + info.file_size > size:
-        raise CamelidError(f"{f.name}: entry {info.filename} reaches past the end of the file; it is truncated or corrupt. "
+        raise CamelidError(f"{f.name}: entry {shown(info.filename)} reaches past the end of the file; it is truncated or corrupt. "
                            "Download it again.")
     return offset
 
@@ -341,7 +342,7 @@ def _storage_entries(path: str, archive: zipfile.ZipFile, prefix: str) -> dict[s
         for info in archive.infolist():
             if info.filename.startswith(prefix + "data/"):
                 if info.compress_type != zipfile.ZIP_STORED:
-                    raise CamelidError(f"{path}: storage {info.filename} is compressed; torch never writes that. "
+                    raise CamelidError(f"{path}: storage {shown(info.filename)} is compressed; torch never writes that. "
                                        "The file is not a torch checkpoint.")
                 storages[info.filename[len(prefix) + 5:]] = (_entry_data_offset(raw, info, size), info.file_size)
     return storages
@@ -350,15 +351,15 @@ def _storage_entries(path: str, archive: zipfile.ZipFile, prefix: str) -> dict[s
 def _read_entry(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     """An entry's bytes; its declared size is checked against `limit` first, and no more than that is inflated."""
     if info.file_size > limit:
-        raise CamelidError(f"{path}: its {info.filename} declares {info.file_size} bytes, more than the {limit} it can "
+        raise CamelidError(f"{path}: its {shown(info.filename)} declares {info.file_size} bytes, more than the {limit} it can "
                            "need; the file is corrupt or a zip bomb.")
     try:
         with archive.open(info) as f:
             data = f.read(limit + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise CamelidError(f"{path}: cannot read {info.filename} ({exc}); the file is corrupt or truncated.") from None
+        raise CamelidError(f"{path}: cannot read {shown(info.filename)} ({exc}); the file is corrupt or truncated.") from None
     if len(data) != info.file_size:
-        raise CamelidError(f"{path}: {info.filename} is not the size its zip entry declares; the file is corrupt.")
+        raise CamelidError(f"{path}: {shown(info.filename)} is not the size its zip entry declares; the file is corrupt.")
     return data
 
 
@@ -380,6 +381,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor]:
             raise CamelidError(f"{path} is a legacy (pre-2020, non-zip) torch file, which camelid does not read; "
                                "re-save it with a current torch (torch.save) or as safetensors.") from None
         raise CamelidError(f"{path} is not a PyTorch checkpoint (not a zip archive) or it is truncated.") from None
+    except (NotImplementedError, ValueError, EOFError) as exc:  # zipfile on a corrupt directory entry
+        raise CamelidError(f"{path} is a corrupt zip archive ({str(exc)[:200]}); it is not a readable torch checkpoint.") from None
     except OSError as exc:
         raise CamelidError(f"cannot read {path}: {exc.strerror}.") from None
     with archive:

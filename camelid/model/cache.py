@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from camelid.errors import CamelidError
+
 
 class KVCache:
     """Keys and values of every position processed so far, per layer.
@@ -14,8 +16,13 @@ class KVCache:
 
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int):
         self.n_ctx = n_ctx
-        self.k = np.zeros((n_layer, n_ctx, n_head_kv, head_dim), dtype=np.float16)
-        self.v = np.zeros((n_layer, n_ctx, n_head_kv, head_dim), dtype=np.float16)
+        try:
+            self.k = np.zeros((n_layer, n_ctx, n_head_kv, head_dim), dtype=np.float16)
+            self.v = np.zeros((n_layer, n_ctx, n_head_kv, head_dim), dtype=np.float16)
+        except (MemoryError, ValueError):  # ValueError: more bytes than an array can have
+            need = 4 * n_layer * n_ctx * n_head_kv * head_dim
+            raise CamelidError(f"the key/value cache for {n_ctx} tokens needs {need / 2**30:.1f} GiB, more than can be "
+                               "allocated; use a smaller context (-c) or a smaller model.") from None
         self.tokens: list[int] = []
 
     @property
