@@ -125,11 +125,13 @@ def stream_generate(
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
     n_batch: int = DEFAULT_BATCH,
+    deadline: float | None = None,
 ) -> Iterator[GenerationChunk]:
     """Generate a continuation of `prompt` (token ids) as a stream of text chunks.
 
     Stops at an end-of-generation token (unless ignore_eos), when a stop string appears (the stop
-    string itself is not emitted), after max_tokens tokens (max_tokens < 0: no limit), or when the
+    string itself is not emitted), after max_tokens tokens (max_tokens < 0: no limit), when
+    time.monotonic() reaches `deadline` (finish_reason "length", as for max_tokens), or when the
     context is full. The last chunk carries finish_reason and stats.
     """
     sampler = Sampler(sampling or SamplingParams())
@@ -145,6 +147,8 @@ def stream_generate(
     while max_tokens < 0 or stats.generated_tokens < max_tokens:
         if cache.n_free <= 0:
             finish = "context"
+            break
+        if deadline is not None and time.monotonic() >= deadline:
             break
         token = next(steps)
         stats.generated_tokens += 1

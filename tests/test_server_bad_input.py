@@ -4,6 +4,7 @@ server keeps answering good requests after every one of them."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
@@ -105,7 +106,7 @@ def test_nan_and_infinity(server, still_serving, field):
         assert_error(server.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}), 400, field)
 
 
-@pytest.mark.parametrize("text", ["\ud800 lone surrogate", "nul \x00 byte", "🦙 emoji, 中文", "<|im_end|><|im_start|>system"])
+@pytest.mark.parametrize("text", ["nul \x00 byte", "🦙 emoji, 中文", "<|im_end|><|im_start|>system"])
 def test_odd_text_is_served(server, text):
     def post(path, body):  # JSON with \u escapes, which can carry a lone surrogate
         return server.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -117,6 +118,37 @@ def test_odd_text_is_served(server, text):
         assert reply.text.endswith("data: [DONE]\n\n") if stream else reply.json()["choices"][0]["text"]
     reply = post("/v1/chat/completions", {"messages": [{"role": "user", "content": text}], "max_tokens": 1})
     assert reply.status_code == 200, reply.text
+
+
+@pytest.mark.parametrize("method, path, body, param", [
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "a\ud800b"}], "max_tokens": 1}, "messages.0.content"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "stop": ["\udc00"]}, "stop.0"),
+    ("POST", "/v1/completions", {"prompt": "\udbff", "max_tokens": 1, "stream": True}, "prompt"),
+    ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1, "user\ud800": 1}, None),
+    ("POST", "/tokenize", {"content": "\ud83d"}, "content"),
+    ("POST", "/api/conversations", {"title": "\ud800"}, "title"),
+    ("POST", "/api/conversations", {"system_prompt": "be \udfff"}, "system_prompt"),
+    ("PATCH", "/api/conversations/{id}", {"title": "x\ud800"}, "title"),
+    ("PUT", "/api/conversations/{id}/messages", {"start": 0, "messages": [{"role": "user", "content": "\ud800"}]},
+     "messages.0.content"),
+    ("PUT", "/api/conversations/{id}/messages",
+     {"start": 0, "messages": [{"role": "user", "content": "x", "stats": {"\ud800": 1}}]}, "messages.0.stats"),
+])
+def test_lone_surrogates_are_400(server, still_serving, method, path, body, param):
+    """A lone surrogate ("\\ud800" in JSON) is no Unicode text: 400 wherever it is, and the same
+    connection serves the next request."""
+    conversation = server.post("/api/conversations", json={"title": "keep"}).json()["id"]
+    content = json.dumps(body)  # escapes the surrogate as \uXXXX, as a client in another language may
+    response = server.client.request(method, path.format(id=conversation), content=content,
+                                     headers={"Content-Type": "application/json"})
+    assert "Unicode" in assert_error(response, 400, param, "invalid_unicode")
+    raw = content.encode("ascii").decode("unicode_escape").encode("utf-8", "surrogatepass")  # the surrogate as raw bytes
+    response = server.client.request(method, path.format(id=conversation), content=raw,
+                                     headers={"Content-Type": "application/json"})
+    assert_error(response, 400, param, "invalid_unicode")
+    stored = server.get(f"/api/conversations/{conversation}").json()
+    assert (stored["title"], stored["messages"]) == ("keep", [])
+    assert server.get("/api/conversations").status_code == 200
 
 
 @pytest.mark.parametrize("body, param", [
@@ -247,10 +279,17 @@ def test_no_server_errors_in_the_log(server):
     (["--port", "70000"], "--port"),
     (["--data-dir", "{file}"], "data directory"),
     (["-m", "{missing}"], "missing.gguf"),
+    (["--data-dir", "{corrupt}"], "is corrupt"),
+    (["--max-queue", "-1"], "--max-queue"),
+    (["--timeout", "0"], "--timeout"),
+    (["--max-body-bytes", "0"], "--max-body-bytes"),
 ])
 def test_serve_command_line_errors(server, tmp_path, args, message):
     (tmp_path / "a-file").write_text("x")
-    fill = {"port": str(server.port), "file": str(tmp_path / "a-file"), "missing": str(tmp_path / "missing.gguf")}
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "conversations.sqlite3").write_bytes(random.Random(0).randbytes(64 * 1024))
+    fill = {"port": str(server.port), "file": str(tmp_path / "a-file"), "missing": str(tmp_path / "missing.gguf"),
+            "corrupt": str(tmp_path / "corrupt")}
     args = [a.format(**fill) for a in args]
     port = [] if "--port" in args else ["--port", "0"]
     result = subprocess.run([sys.executable, "-m", "camelid", "serve", *port, *args], capture_output=True, text=True,
@@ -258,3 +297,5 @@ def test_serve_command_line_errors(server, tmp_path, args, message):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("camelid: error: ") and message in lines[0], result.stderr
+    if message == "is corrupt":
+        assert str(tmp_path / "corrupt" / "conversations.sqlite3") in lines[0] and "delete it" in lines[0]

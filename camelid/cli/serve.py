@@ -11,6 +11,7 @@ from pathlib import Path
 
 from camelid.cli.options import hf_repo
 from camelid.errors import CamelidError
+from camelid.server.limits import Limits
 
 DEFAULT_PARALLEL = 4
 
@@ -42,7 +43,33 @@ def register(sub) -> None:
     p.add_argument("--chat-template", help="override the file's chat template: chatml, llama2, alpaca, or Jinja source")
     p.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                    help=f"where the web page stores its conversations (default: {default_data_dir()})")
+    limits = p.add_argument_group("limits on each request")
+    limits.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, metavar="N",
+                        help="largest request body; a larger one is answered 413 (default: %(default)s)")
+    limits.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
+                        help="longest prompt; a longer one is answered 400 (default: the context size)")
+    limits.add_argument("--max-tokens-limit", type=int, default=Limits.max_tokens, metavar="N",
+                        help="most tokens one request may generate: a larger max_tokens is answered 400, and a "
+                             "request without max_tokens stops there (default: %(default)s)")
+    limits.add_argument("--max-queue", type=int, default=Limits.max_queue, metavar="N",
+                        help="requests that may wait for a free slot; one more is answered 429 with Retry-After "
+                             "(default: %(default)s)")
+    limits.add_argument("-to", "--timeout", type=float, default=Limits.timeout, metavar="SECONDS",
+                        help="time limit of a request from its arrival: generation then ends with finish_reason "
+                             "'length'; a request still waiting for a slot gets 503 (default: %(default)g)")
+    limits.add_argument("--stall-timeout", type=float, default=Limits.stall_timeout, metavar="SECONDS",
+                        help="a client that leaves a response unread this long is disconnected and its generation "
+                             "stopped (default: %(default)g)")
     p.set_defaults(handler=serve)
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The Limits of the command line, checked (CamelidError naming the flag)."""
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
+                    max_tokens=args.max_tokens_limit, max_queue=args.max_queue, timeout=args.timeout,
+                    stall_timeout=args.stall_timeout)
+    limits.check()
+    return limits
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -71,11 +98,15 @@ def _listen(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise CamelidError(f"--parallel must be at least 1, got {args.parallel}.")
+    limits = limits_from_args(args)
     data_dir = args.data_dir or default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CamelidError(f"cannot create the data directory {data_dir}: {exc.strerror}; choose another with --data-dir.") from None
+    from camelid.chat.store import ConversationStore
+
+    ConversationStore(data_dir).close()  # a corrupt or unwritable store stops here, before the model loads
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
 
@@ -86,10 +117,12 @@ def serve(args: argparse.Namespace) -> int:
     import camelid
     from camelid.server.app import create_app
     from camelid.server.host_check import HostCheck
+    from camelid.server.limits import stall_guarded
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     hosts = HostCheck.for_address(host, port, args.allowed_host)
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
-    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts)
+    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits)
     shown = f"[{host}]" if ":" in host else host
     print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "
           f"(OpenAI API at http://{shown}:{port}/v1, {args.parallel} slots of {model.n_ctx} tokens, data in {data_dir})",
@@ -110,6 +143,7 @@ def serve(args: argparse.Namespace) -> int:
                 pass
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    protocol = stall_guarded(AutoHTTPProtocol, limits.stall_timeout, app.state.metrics.count_stalled)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5, http=protocol)
     Server(config).run(sockets=[sock])
     return 0

@@ -3,13 +3,14 @@
 create_app(model) returns a FastAPI app with POST /v1/chat/completions and /v1/completions
 (streamed as server-sent events or not), GET /v1/models, /health, /tokenize, /detokenize and
 /metrics. Generation runs in camelid.server.slots' worker thread; every error, including a body
-that is not JSON or too large and a missing API key, is answered in OpenAI's error shape.
+that is not JSON or too large and a missing API key, is answered in OpenAI's error shape. The caps
+of camelid.server.limits.Limits apply: body size and lone surrogates (camelid.server.guard), prompt
+and generated tokens, the queue (429 with Retry-After), and the time limit of each request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib.util
 import json
 import logging
@@ -28,89 +29,18 @@ from starlette.exceptions import HTTPException
 from camelid import __version__
 from camelid.errors import CamelidError
 from camelid.server import openai_schema as oai
+from camelid.server.guard import APIError, Guard, error_response
 from camelid.server.host_check import HostCheck
+from camelid.server.limits import RETRY_AFTER_SECONDS, Limits
 from camelid.server.metrics import Metrics
 from camelid.server.openai_schema import (
     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InvalidParam, TokenizeRequest,
 )
-from camelid.server.slots import Failed, Finished, Job, Piece, Scheduler
+from camelid.server.slots import Failed, Finished, Job, Piece, QueueFull, Scheduler
 
 log = logging.getLogger("camelid.server")
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
-# With --api-key, these paths need "Authorization: Bearer KEY"; /health, /openapi.json, /docs and the
-# page's own files stay open.
-PROTECTED_PREFIXES = ("/v1/", "/api/", "/tokenize", "/detokenize", "/metrics")
 DISCONNECT_POLL_SECONDS = 0.5
-STATE_CHANGING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-class APIError(Exception):
-    """An error answered with `status` and OpenAI's error object."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-
-def _error_response(error: APIError, metrics: Metrics) -> JSONResponse:
-    metrics.count_error(error.status)
-    return JSONResponse(oai.error_body(error.message, error.type, error.param, error.code), status_code=error.status)
-
-
-class _Guard:
-    """ASGI middleware: refuses, before the app reads anything, a Host that is not this server's
-    (421), a state-changing request from a foreign page's Origin (403), bodies over max_body bytes
-    (413) and, with an API key, requests to protected paths without it (401)."""
-
-    def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics, hosts: HostCheck):
-        self.app, self.api_key, self.max_body, self.metrics, self.hosts = app, api_key, max_body, metrics, hosts
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        error = self._refusal(scope["method"], scope["path"], headers)
-        if error is not None:
-            return await _error_response(error, self.metrics)(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise HTTPException(413, self._too_large())
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _too_large(self) -> str:
-        return f"the request body is larger than {self.max_body // (1024 * 1024)} MB; send a shorter prompt."
-
-    def _refusal(self, method: str, path: str, headers: dict[str, str]) -> APIError | None:
-        host = headers.get("host", "")
-        if not self.hosts.allows_host(host):
-            return APIError(421, f"this server does not answer to the host {host!r}; it answers {self.hosts.names()} "
-                                 "(start it with --allowed-host NAME to add a name).", code="host_not_allowed")
-        origin = headers.get("origin")
-        if origin is not None and method in STATE_CHANGING_METHODS and not self.hosts.allows_origin(origin, host):
-            return APIError(403, f"requests from pages of {origin!r} are refused; only this server's own page may "
-                                 "change anything (start it with --allowed-host NAME to add a name).",
-                            "permission_error", code="origin_not_allowed")
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            return APIError(413, self._too_large(), code="request_too_large")
-        if self.api_key and path.startswith(PROTECTED_PREFIXES):
-            auth = headers.get("authorization", "")
-            given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
-            if not given:
-                return APIError(401, "no API key given; send 'Authorization: Bearer KEY' with the key the server was started with (--api-key).",
-                                "authentication_error", code="invalid_api_key")
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                return APIError(401, "the API key is wrong; use the key the server was started with (--api-key).",
-                                "authentication_error", code="invalid_api_key")
-        return None
 
 
 def _validation_message(exc: RequestValidationError, request: Request) -> tuple[str, str | None]:
@@ -130,16 +60,16 @@ def _validation_message(exc: RequestValidationError, request: Request) -> tuple[
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return _error_response(exc, metrics)
+        return error_response(exc, metrics)
 
     @app.exception_handler(CamelidError)
     async def camelid_error(request: Request, exc: CamelidError):
-        return _error_response(APIError(400, str(exc), param=getattr(exc, "param", None)), metrics)
+        return error_response(APIError(400, str(exc), param=getattr(exc, "param", None)), metrics)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         message, param = _validation_message(exc, request)
-        return _error_response(APIError(400, message, param=param), metrics)
+        return error_response(APIError(400, message, param=param), metrics)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -151,12 +81,12 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             message, code = f"the request body could not be read as JSON ({exc.detail}); send UTF-8 JSON.", None
         else:
             message, code = str(exc.detail), ("request_too_large" if exc.status_code == 413 else None)
-        return _error_response(APIError(exc.status_code, message, code=code), metrics)
+        return error_response(APIError(exc.status_code, message, code=code), metrics)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         log.exception("unexpected error in %s %s", request.method, request.url.path)
-        return _error_response(APIError(500, f"internal server error ({type(exc).__name__}); see the server log.", "server_error"), metrics)
+        return error_response(APIError(500, f"internal server error ({type(exc).__name__}); see the server log.", "server_error"), metrics)
 
 
 def _sse(obj) -> str:
@@ -164,15 +94,20 @@ def _sse(obj) -> str:
 
 
 def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir: str | os.PathLike | None = None,
-               max_body: int = MAX_BODY_BYTES, hosts: HostCheck | None = None) -> FastAPI:
+               hosts: HostCheck | None = None, limits: Limits | None = None) -> FastAPI:
     """The FastAPI app serving `model` (a camelid Model) with n_slots parallel KV caches.
 
     api_key, when set, is required on the API routes; data_dir, when set, is where the web chat page
     (camelid.server.web, if installed) keeps its conversations. hosts says which Host headers are
-    answered (default: the loopback names on any port; see HostCheck.for_address).
+    answered (default: the loopback names on any port; see HostCheck.for_address). limits caps each
+    request (default: Limits()); its stall_timeout needs uvicorn to run with
+    camelid.server.limits.stall_guarded(...) as its http protocol, as `camelid serve` does.
     """
+    limits = limits or Limits()
+    limits.check()
     metrics = Metrics()
-    scheduler = Scheduler(model, n_slots, metrics)
+    scheduler = Scheduler(model, n_slots, metrics, max_queue=limits.max_queue)
+    max_prompt = min(model.n_ctx - 1, limits.max_prompt_tokens or model.n_ctx)
     model_id = os.path.basename(model.path)
     model_names = {model_id, Path(model_id).stem}
     created = int(os.path.getmtime(model.path))
@@ -189,7 +124,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                   description="An OpenAI-compatible API for a local LLaMA-family model.")
     app.state.scheduler, app.state.metrics, app.state.model = scheduler, metrics, model
     _install_error_handlers(app, metrics)
-    app.add_middleware(_Guard, api_key=api_key, max_body=max_body, metrics=metrics,
+    app.add_middleware(Guard, api_key=api_key, max_body=limits.max_body_bytes, metrics=metrics,
                        hosts=hosts or HostCheck.for_address("127.0.0.1", None))
 
     def check_model(name: str | None) -> None:
@@ -224,15 +159,29 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         if len(prompt) >= model.n_ctx:
             raise APIError(400, f"the {param} is {len(prompt)} tokens but the context holds {model.n_ctx}; "
                                 "shorten it (or start the server with a larger --ctx-size).", param=param, code="context_length_exceeded")
+        if len(prompt) > max_prompt:
+            raise APIError(400, f"the {param} is {len(prompt)} tokens; this server takes at most {max_prompt} "
+                                "(--max-prompt-tokens); shorten it.", param=param, code="context_length_exceeded")
         if max_tokens is not None and len(prompt) + max_tokens > model.n_ctx:
             raise APIError(400, f"the {param} is {len(prompt)} tokens and max_tokens {max_tokens}, more than the context of "
                                 f"{model.n_ctx} tokens; lower max_tokens to at most {model.n_ctx - len(prompt)}.",
                            param="max_tokens", code="context_length_exceeded")
+        if max_tokens is not None and max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens {max_tokens} is more than this server generates for one request, "
+                                f"{limits.max_tokens} (--max-tokens-limit); lower it.", param="max_tokens", code="max_tokens_exceeded")
 
-    def submit(prompt: list[int], body: oai.SamplingFields, max_tokens: int | None, stops: list[str], top_logprobs: int | None) -> Job:
-        job = Job(prompt, -1 if max_tokens is None else max_tokens, body.sampling(), stops, asyncio.get_running_loop(),
-                  ignore_eos=body.ignore_eos, top_logprobs=top_logprobs)
-        scheduler.submit(job)
+    def busy(message: str, status: int) -> APIError:
+        return APIError(status, message, "rate_limit_error" if status == 429 else "unavailable_error",
+                        code="queue_full" if status == 429 else "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def submit(prompt: list[int], body: oai.SamplingFields, max_tokens: int | None, stops: list[str], top_logprobs: int | None,
+               deadline: float) -> Job:
+        job = Job(prompt, limits.max_tokens if max_tokens is None else max_tokens, body.sampling(), stops,
+                  asyncio.get_running_loop(), ignore_eos=body.ignore_eos, top_logprobs=top_logprobs, deadline=deadline)
+        try:
+            scheduler.submit(job)
+        except QueueFull as exc:
+            raise busy(str(exc), 429) from None
         return job
 
     async def events(job: Job, request: Request, watch: bool) -> AsyncIterator[Piece | Finished | Failed]:
@@ -287,6 +236,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             pieces, entries, done = [echo], [], None
             async for event in events(job, request, watch=True):
                 if isinstance(event, Failed):
+                    if event.status == 503:
+                        raise busy(event.message, 503)
                     raise APIError(event.status, event.message, "invalid_request_error" if event.status < 500 else "server_error")
                 if isinstance(event, Piece):
                     pieces.append(event.text)
@@ -345,18 +296,20 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         """Reply to a conversation, rendered with the model's chat template."""
+        deadline = time.monotonic() + limits.timeout
         check_model(body.model)
         body.sampling()
         top_logprobs = body.top_logprobs_count()
         prompt = await asyncio.to_thread(chat_prompt, body.plain_messages())
         check_room(prompt, body.token_limit(), "messages")
         metrics.count_request("/v1/chat/completions")
-        job = submit(prompt, body, body.token_limit(), model.template.stop_strings + body.stop_strings(), top_logprobs)
+        job = submit(prompt, body, body.token_limit(), model.template.stop_strings + body.stop_strings(), top_logprobs, deadline)
         return await respond(job, request, body, chat=True)
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request):
         """Continue a prompt (text or token ids)."""
+        deadline = time.monotonic() + limits.timeout
         check_model(body.model)
         body.sampling()
         prompt = body.single_prompt()
@@ -370,7 +323,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             tokens, echo = list(prompt), tok.decode(prompt)
         check_room(tokens, body.max_tokens, "prompt")
         metrics.count_request("/v1/completions")
-        job = submit(tokens, body, body.max_tokens, body.stop_strings(), body.logprobs)
+        job = submit(tokens, body, body.max_tokens, body.stop_strings(), body.logprobs, deadline)
         return await respond(job, request, body, chat=False, echo=echo if body.echo else "")
 
     @app.post("/tokenize", tags=["server"])

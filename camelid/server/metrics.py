@@ -20,6 +20,8 @@ class Metrics:
         self.prompt_seconds = 0.0
         self.generation_seconds = 0.0
         self.cancelled = 0
+        self.timed_out = 0
+        self.stalled = 0
 
     def count_request(self, endpoint: str) -> None:
         with self._lock:
@@ -28,6 +30,16 @@ class Metrics:
     def count_error(self, status: int) -> None:
         with self._lock:
             self.errors[status] += 1
+
+    def count_timeout(self) -> None:
+        """A request that reached --timeout (queued, or cut short while generating)."""
+        with self._lock:
+            self.timed_out += 1
+
+    def count_stalled(self) -> None:
+        """A connection dropped because its client left the response unread (--stall-timeout)."""
+        with self._lock:
+            self.stalled += 1
 
     def record_generation(self, prompt: int, cached: int, generated: int, prompt_seconds: float, generation_seconds: float) -> None:
         with self._lock:
@@ -55,6 +67,9 @@ class Metrics:
                 ("camelid_errors_total", "counter", "error responses, by HTTP status",
                  [(f'{{status="{s}"}}', n) for s, n in sorted(self.errors.items())] or [("", 0)]),
                 ("camelid_requests_cancelled_total", "counter", "generations stopped because the client went away", [("", self.cancelled)]),
+                ("camelid_requests_timed_out_total", "counter", "requests that reached --timeout", [("", self.timed_out)]),
+                ("camelid_connections_stalled_total", "counter", "connections dropped for leaving a response unread (--stall-timeout)",
+                 [("", self.stalled)]),
                 ("camelid_prompt_tokens_total", "counter", "prompt tokens of finished generations", [("", self.prompt_tokens)]),
                 ("camelid_prompt_tokens_processed_total", "counter", "prompt tokens computed (not reused from a slot's KV cache)", [("", processed)]),
                 ("camelid_prompt_tokens_cached_total", "counter", "prompt tokens reused from a slot's KV cache", [("", self.cached_tokens)]),

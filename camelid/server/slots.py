@@ -5,9 +5,11 @@ camelid.generate.stream_generate (about one token; a prompt longer than one batc
 512-token batch per turn first), round-robin, so all clients progress and the event loop stays free.
 A new request goes to the free slot whose cache shares the longest prefix with its prompt (the next
 turn of a conversation lands where the previous turn left its keys and values, and only the new
-tokens are processed), else to the least recently used one; the others wait in a FIFO queue. Results
-travel to the asyncio side through each job's asyncio.Queue; a cancelled job (its client went away)
-frees its slot at the worker's next turn.
+tokens are processed), else to the least recently used one; the others wait in a FIFO queue of at
+most max_queue jobs beyond the free slots (one more raises QueueFull). Results travel to the asyncio
+side through each job's asyncio.Queue; a cancelled job (its client went away) frees its slot at the
+worker's next turn. A job past its deadline ends: still queued, with a 503; generating, as if its
+max_tokens were reached (finish_reason "length", as llama.cpp's server does for t_max_predict_ms).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ SHUTTING_DOWN = "the server is shutting down; retry when it is back."
 
 # (token bytes, logprob, [(alternative bytes, logprob), ...]) for one generated token
 TokenLogprob = tuple[bytes, float, list[tuple[bytes, float]]]
+
+
+class QueueFull(Exception):
+    """Every slot is busy and max_queue jobs already wait: the request is refused (429)."""
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     ignore_eos: bool = False
     top_logprobs: int | None = None  # None: no log-probabilities
+    deadline: float | None = None  # time.monotonic() at which the job ends, queued or generating
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     cached_tokens: int = 0
@@ -147,11 +154,12 @@ class Scheduler:
     `metrics` (camelid.server.metrics.Metrics) receives each finished generation.
     """
 
-    def __init__(self, model, n_slots: int, metrics):
+    def __init__(self, model, n_slots: int, metrics, max_queue: int | None = None):
         if n_slots < 1:
             raise CamelidError(f"--parallel must be at least 1, got {n_slots}.")
         self.model = model
         self.metrics = metrics
+        self.max_queue = max_queue  # None: no bound
         self.slots = [Slot(i, model.new_cache()) for i in range(n_slots)]
         self.waiting: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -183,11 +191,16 @@ class Scheduler:
             self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
-        """Queue a job; after drain() it fails at once with 503."""
+        """Queue a job; after drain() it fails at once with 503. Raises QueueFull when max_queue jobs
+        already wait beyond the free slots."""
         with self._cond:
             if self._closed:
                 job.post(Failed(503, SHUTTING_DOWN))
                 return
+            free = sum(s.job is None for s in self.slots)
+            if self.max_queue is not None and len(self.waiting) - free >= self.max_queue:
+                raise QueueFull(f"the server is busy: all {len(self.slots)} slots are generating and "
+                                f"{self.max_queue} requests wait (--max-queue); retry in a moment.")
             self.waiting.append(job)
             self._cond.notify()
 
@@ -209,6 +222,7 @@ class Scheduler:
         set_threads(self._n_threads)
         while True:
             with self._cond:
+                self._expire_waiting()
                 self._assign()
                 busy = [s for s in self.slots if s.job is not None]
                 if not busy:
@@ -218,6 +232,16 @@ class Scheduler:
                     continue
             for slot in busy:
                 self._step(slot)
+
+    def _expire_waiting(self) -> None:
+        """End queued jobs whose deadline passed before a slot was free (called with the lock held)."""
+        now = time.monotonic()
+        expired = [job for job in self.waiting if job.deadline is not None and now >= job.deadline]
+        for job in expired:
+            self.waiting.remove(job)
+            self.metrics.count_timeout()
+            job.post(Failed(503, "the server was too busy to start this request within its time limit (--timeout); "
+                                 "retry in a moment."))
 
     def _assign(self) -> None:
         """Move queued jobs into free slots (called with the lock held)."""
@@ -242,6 +266,9 @@ class Scheduler:
             if job.cancelled.is_set():
                 self._release(slot, generated=max(0, slot.cache.n_past - len(job.prompt)))
                 return
+            if slot.generator is None and self._past_deadline(job):
+                self._finish(slot, "length", 0, 0.0, timed_out=True)
+                return
             if slot.generator is None and self._prefill_batch(slot):
                 return
             if slot.generator is None:
@@ -264,11 +291,25 @@ class Scheduler:
         if chunk.text or logprobs:
             job.post(Piece(chunk.text, logprobs))
         s = chunk.stats
-        prompt_seconds = job.prompt_seconds + s.prompt_seconds
-        job.post(Finished("length" if chunk.finish_reason == "context" else chunk.finish_reason,
-                          len(job.prompt), job.cached_tokens, s.generated_tokens, prompt_seconds, s.generation_seconds))
-        self.metrics.record_generation(len(job.prompt), job.cached_tokens, s.generated_tokens, prompt_seconds, s.generation_seconds)
+        timed_out = chunk.finish_reason == "length" and s.generated_tokens != job.max_tokens and self._past_deadline(job)
+        self._finish(slot, "length" if chunk.finish_reason == "context" else chunk.finish_reason, s.generated_tokens,
+                     s.generation_seconds, s.prompt_seconds, timed_out)
+
+    @staticmethod
+    def _past_deadline(job: Job) -> bool:
+        return job.deadline is not None and time.monotonic() >= job.deadline
+
+    def _finish(self, slot: Slot, reason: str, generated: int, generation_seconds: float,
+                generator_prompt_seconds: float = 0.0, timed_out: bool = False) -> None:
+        """Report a generation's end to the metrics, free the slot, then tell the client (so a client that
+        has its answer finds both already done)."""
+        job = slot.job
+        prompt_seconds = job.prompt_seconds + generator_prompt_seconds
+        self.metrics.record_generation(len(job.prompt), job.cached_tokens, generated, prompt_seconds, generation_seconds)
+        if timed_out:
+            self.metrics.count_timeout()
         self._release(slot)
+        job.post(Finished(reason, len(job.prompt), job.cached_tokens, generated, prompt_seconds, generation_seconds))
 
     def _prefill_batch(self, slot: Slot) -> bool:
         """Process one more batch of a long prompt; False once at most one batch is left for the
@@ -289,7 +330,7 @@ class Scheduler:
             network = _LogitsTap(network)
             tokenizer = slot.tap = _TokenTap(tokenizer, network, job.top_logprobs)
         return stream_generate(network, tokenizer, job.prompt, slot.cache, max_tokens=job.max_tokens,
-                               sampling=job.sampling, stop=job.stop, ignore_eos=job.ignore_eos)
+                               sampling=job.sampling, stop=job.stop, ignore_eos=job.ignore_eos, deadline=job.deadline)
 
     def _release(self, slot: Slot, generated: int | None = None) -> None:
         """Free a slot; `generated` counts the tokens of a cancelled job for the metrics."""
