@@ -6,10 +6,7 @@ raw bytes in the mapped file: nothing is copied until a consumer asks for it.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -257,23 +254,3 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
     for name, ne, type_id, offset in infos:
         tensors[name] = _tensor_info(path, buf, data_start, name, ne, type_id, offset)
     return GGUFFile(path=path, version=version, metadata=meta, tensors=tensors, metadata_types=types)
-
-
-def release_mapped_pages(view: np.ndarray) -> None:
-    """Let the OS drop the file pages under `view` from this process (madvise MADV_DONTNEED).
-
-    For a tensor whose kernel has copied it into its own layout: the mapped bytes are no longer
-    read, so they need not count against the process's memory. They fault back in from the file if
-    read again. Does nothing for arrays that are not a view of a mapped file.
-    """
-    if not isinstance(view, np.memmap) or not hasattr(mmap, "MADV_DONTNEED") or view.nbytes == 0:
-        return
-    start = view.ctypes.data
-    first = start - start % mmap.PAGESIZE
-    last = start + view.nbytes
-    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
-
-
-@functools.cache
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)

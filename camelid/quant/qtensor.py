@@ -11,15 +11,17 @@ additions; for those types `cache_dequantized` keeps the float32 matrix between 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
+import mmap
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from camelid.errors import CamelidError
-from camelid.formats.gguf import TensorInfo, release_mapped_pages
 from camelid.quant.activations import fake_quantize, q8_1_sum_correction
 from camelid.quant.types import BlockType, check_supported, dequantize
 
@@ -28,6 +30,18 @@ TILE_BYTES = 16 << 20  # float32 bytes of weights dequantized per BLAS call
 
 # Weight types whose llama.cpp dot product multiplies the block min by the Q8_1 sum s.
 _MIN_SUM_TYPES = (T.Q4_1, T.Q5_1)
+
+
+class RawTensor(Protocol):
+    """One tensor of a model file as QTensor takes it (camelid.formats.gguf.TensorInfo is one).
+
+    shape in NumPy order, rows first; raw (n_rows, row_bytes) uint8, usually a view into a mapped file.
+    """
+
+    name: str
+    ggml_type: GGMLQuantizationType
+    shape: tuple[int, ...]
+    raw: np.ndarray
 
 
 # ---------------------------------------------------------------------------- the kernel table
@@ -178,7 +192,27 @@ def registered_kernel(ggml_type: GGMLQuantizationType) -> MatmulKernel | None:
     return _KERNELS.get(ggml_type)
 
 
-def load_vector(info: TensorInfo) -> np.ndarray:
+def release_mapped_pages(view: np.ndarray) -> None:
+    """Let the OS drop the file pages under `view` from this process (madvise MADV_DONTNEED).
+
+    For a tensor whose kernel has copied it into its own layout: the mapped bytes are no longer
+    read, so they need not count against the process's memory. They fault back in from the file if
+    read again. Does nothing for arrays that are not a view of a mapped file.
+    """
+    if not isinstance(view, np.memmap) or not hasattr(mmap, "MADV_DONTNEED") or view.nbytes == 0:
+        return
+    start = view.ctypes.data
+    first = start - start % mmap.PAGESIZE
+    last = start + view.nbytes
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def load_vector(info: RawTensor) -> np.ndarray:
     """Load a small tensor (a norm weight or bias, 1-D) as a float32 array of its shape."""
     check_supported(info.ggml_type, info.name)
     n_cols = info.shape[-1] if info.shape else 1
@@ -215,8 +249,8 @@ class QTensor:
         self.kernel_data = None  # what the type's kernel built from `raw` (see `prepare`)
 
     @classmethod
-    def from_info(cls, info: TensorInfo, cache_dequantized: bool = False) -> "QTensor":
-        """Wrap a tensor of an opened GGUF file; raises CamelidError for an unsupported type."""
+    def from_info(cls, info: RawTensor, cache_dequantized: bool = False) -> "QTensor":
+        """Wrap a tensor of an opened model file; raises CamelidError for an unsupported type."""
         check_supported(info.ggml_type, info.name)
         return cls(info.name, info.ggml_type, info.shape, info.raw, cache_dequantized=cache_dequantized)
 
