@@ -283,15 +283,19 @@ def _check_shapes(path: str, what: str, hp: dict[str, int], tensors: dict[str, L
         n_ff = gate.shape[0]  # LLaMA-2 70B's ffn_dim_multiplier, which n_mult cannot express
     n_head_kv = hp["n_head"] if wk is None or wk.shape[0] % head_dim else wk.shape[0] // head_dim
     kv = n_head_kv * head_dim
-    expected = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,), "output.weight": (n_vocab, n_embd)}
-    for i in range(hp["n_layer"]):
-        p = f"blk.{i}."
-        expected.update({p + "attn_norm.weight": (n_embd,), p + "attn_q.weight": (n_embd, n_embd),
-                         p + "attn_k.weight": (kv, n_embd), p + "attn_v.weight": (kv, n_embd),
-                         p + "attn_output.weight": (n_embd, n_embd), p + "ffn_norm.weight": (n_embd,),
-                         p + "ffn_gate.weight": (n_ff, n_embd), p + "ffn_up.weight": (n_ff, n_embd),
-                         p + "ffn_down.weight": (n_embd, n_ff)})
-    for name, shape in expected.items():
+
+    def expected():  # lazily: n_layer may be up to 2^20 in a corrupt header that has one layer
+        yield from (("token_embd.weight", (n_vocab, n_embd)), ("output_norm.weight", (n_embd,)),
+                    ("output.weight", (n_vocab, n_embd)))
+        for i in range(hp["n_layer"]):
+            p = f"blk.{i}."
+            yield from ((p + "attn_norm.weight", (n_embd,)), (p + "attn_q.weight", (n_embd, n_embd)),
+                        (p + "attn_k.weight", (kv, n_embd)), (p + "attn_v.weight", (kv, n_embd)),
+                        (p + "attn_output.weight", (n_embd, n_embd)), (p + "ffn_norm.weight", (n_embd,)),
+                        (p + "ffn_gate.weight", (n_ff, n_embd)), (p + "ffn_up.weight", (n_ff, n_embd)),
+                        (p + "ffn_down.weight", (n_embd, n_ff)))
+
+    for name, shape in expected():
         t = tensors.get(name)
         if t is None:
             raise CamelidError(f"{path}: tensor {name} is missing from the {what} file; the file is incomplete or truncated.")

@@ -102,6 +102,10 @@ class Config:
         if rms_eps < 0:
             read.fail(f"{arch}.attention.layer_norm_rms_epsilon is {rms_eps}; it must not be negative")
         n_layer = read.size("block_count")
+        n_present = _layers_present(tensor_shapes)
+        if n_layer > n_present:
+            read.fail(f"{read.key('block_count')} is {n_layer} but tensors blk.{n_present}.* are missing "
+                      f"(the file has {n_present} layers)")
         return cls(
             arch=arch,
             n_vocab=_vocab_size(read, tensor_shapes, n_embd),
@@ -147,6 +151,15 @@ def _arch_fields(read: MetadataReader, arch: str, n_embd: int, n_layer: int, hea
                       swa_layers=tuple(i % pattern < pattern - 1 for i in range(n_layer)),
                       rope_base_swa=read.number("rope.freq_base_swa", 10000.0, low=1e-30, high=FLOAT32_MAX))
     return fields
+
+
+def _layers_present(tensor_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """How many layers, from blk.0 on, have tensors in the file."""
+    indices = {name.split(".", 2)[1] for name in tensor_shapes if name.startswith("blk.") and name.count(".") >= 2}
+    n = 0
+    while str(n) in indices:
+        n += 1
+    return n
 
 
 def _vocab_size(read: MetadataReader, tensor_shapes: Mapping[str, tuple[int, ...]], n_embd: int) -> int:
