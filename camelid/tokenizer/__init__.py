@@ -1,7 +1,7 @@
 """Tokenizers built from GGUF metadata alone, agreeing with llama.cpp token for token.
 
 Two vocabulary types are supported: SentencePiece-style (`tokenizer.ggml.model = "llama"`: LLaMA 1/2,
-Mistral, Gemma) and byte-level BPE (`"gpt2"`: Llama 3, Qwen2, SmolLM, GPT-2, ...). Use
+Mistral, Gemma) and BPE (`"gpt2"`: Llama 3, Qwen2, SmolLM, GPT-2, ...; `"gemma4"`: Gemma 4). Use
 `load_tokenizer(path)` for a .gguf file or `Tokenizer.from_metadata(meta)` for metadata already read.
 """
 
@@ -23,7 +23,7 @@ from camelid.tokenizer.vocab import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_
 
 __all__ = ["Tokenizer", "load_tokenizer", "StreamingDetokenizer"]
 
-SUPPORTED_MODELS = ("llama", "gpt2")
+SUPPORTED_MODELS = ("llama", "gpt2", "gemma4")
 
 
 class Tokenizer:
@@ -52,6 +52,10 @@ class Tokenizer:
         self.add_bos: bool = vocab.add_bos
         self.add_eos: bool = vocab.add_eos
         self.add_space_prefix: bool = add_space_prefix
+        # Token texts write spaces as U+2581 (SPM, and SPM-style BPE such as Gemma 4's); other BPE token
+        # texts are byte-level, unless the pre-tokenizer merges raw text.
+        self._space_marker = model == "llama" or PRE_TOKENIZERS[pre].escape_whitespaces
+        self._raw_text = model != "llama" and not PRE_TOKENIZERS[pre].byte_encode
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], path: str = "model") -> Tokenizer:
@@ -68,14 +72,15 @@ class Tokenizer:
                                "Use a model file converted with its tokenizer.")
         if model not in SUPPORTED_MODELS:
             raise CamelidError(f"unsupported tokenizer model {model[:40]!r} (tokenizer.ggml.model); camelid supports "
-                               f"{', '.join(repr(m) for m in SUPPORTED_MODELS)} (SentencePiece and byte-level BPE). "
+                               f"{', '.join(repr(m) for m in SUPPORTED_MODELS)} (SentencePiece and BPE). "
                                "Use a model with one of those vocabularies.")
         if model == "llama":
             vocab = Vocab(meta, model, add_bos_default=True, path=path)
             add_space_prefix = read.boolean("tokenizer.ggml.add_space_prefix", True)
             return cls(vocab, model, SpmModel(vocab), pre=None, add_space_prefix=add_space_prefix)
 
-        pre_name = read.string("tokenizer.ggml.pre", None)
+        # llama.cpp gives a "gemma4" vocabulary the pre-tokenizer of that name, whatever the key says.
+        pre_name = "gemma4" if model == "gemma4" else read.string("tokenizer.ggml.pre", None)
         pre = PRE_TOKENIZERS.get(pre_name) if pre_name is not None else None
         if pre is None:
             supported = ", ".join(sorted(PRE_TOKENIZERS))
@@ -90,6 +95,8 @@ class Tokenizer:
             raise CamelidError(f"{path}: this BPE vocabulary has no tokenizer.ggml.merges list; the file is incomplete. "
                                "Convert the model again with its tokenizer.")
         vocab = Vocab(meta, model, add_bos_default=pre.add_bos, has_bos=pre.has_bos, path=path)
+        if pre.always_add_bos and vocab.bos_id is not None:
+            vocab.add_bos = True
         return cls(vocab, model, BpeModel(vocab, merges, pre), pre=pre_name, add_space_prefix=False)
 
     # -- lookups ----------------------------------------------------------------------------------
@@ -164,8 +171,10 @@ class Tokenizer:
         if attr & ATTR_USER_DEFINED:
             return text.encode("utf-8", "surrogatepass")
         if attr & ATTR_NORMAL:
-            if self.model == "llama":
+            if self._space_marker:
                 return text.replace(SPACE, " ").encode("utf-8", "surrogatepass")
+            if self._raw_text:
+                return text.encode("utf-8", "surrogatepass")
             return b"".join(bytes((CHAR_TO_BYTE[c],)) if c in CHAR_TO_BYTE else c.encode("utf-8", "surrogatepass")
                             for c in text)
         if attr & ATTR_BYTE:
