@@ -329,45 +329,6 @@ def test_decode_matches_llama_cpp(which):
             assert tok.decode_bytes(ids, skip_special=not special) == vocab.detokenize(ids, unparse_special=special), (text, special)
 
 
-# One name per pre-tokenizer regex family; each is written into a copy of the gpt-2 vocabulary.
-PRE_FAMILIES = ["default", "llama3", "dbrx", "chatglm-bpe", "gpt-2", "smollm", "qwen2", "falcon", "deepseek-coder",
-                "tekken", "gpt-4o", "bloom", "viking"]
-
-
-@functools.lru_cache(maxsize=None)
-def _gpt2_metadata() -> dict:
-    return read_metadata(VOCAB_DIR / "ggml-vocab-gpt-2.gguf")
-
-
-@pytest.mark.parametrize("pre", PRE_FAMILIES)
-def test_pre_tokenizer_matches_llama_cpp(pre, tmp_path):
-    import gguf
-
-    meta = dict(_gpt2_metadata())
-    meta["tokenizer.ggml.pre"] = pre
-    path = tmp_path / f"vocab-{pre}.gguf"
-    writer = gguf.GGUFWriter(str(path), "gpt2")
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(meta["tokenizer.ggml.tokens"])
-    writer.add_token_types(meta["tokenizer.ggml.token_type"])
-    writer.add_token_merges(meta["tokenizer.ggml.merges"])
-    writer.add_bos_token_id(meta["tokenizer.ggml.bos_token_id"])
-    writer.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    vocab = oracle.Llama(path, vocab_only=True)
-    tok = Tokenizer.from_metadata(meta)
-    texts = ORACLE_STRINGS + ["12345 67 8.9 £$%^&*()_+=-~`|\\<>?/", "ÀÉÎõü ÆØÅ ß İı", "CamelCase HTTPServer iPhone",
-                              "a/b/c\n//x", " \u00a0 \u3000 x"]
-    results = [(t, tok.encode(t, add_special=False), vocab.tokenize(t, add_bos=False, special=False))
-               for t in texts]
-    mismatches = [r for r in results if r[1] != r[2]]
-    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[0]}"
-
-
 def test_streaming_continuation_keeps_first_space_and_drops_cut_character():
     # Generated tokens continue a prompt: "▁Paris" after "The capital of France is" prints " Paris",
     # as llama.cpp's token-by-token output does; only a text's very first token loses its space.
