@@ -23,10 +23,12 @@ from camelid.model.cache import KVCache
 def shift_context(network, cache: KVCache, start: int, stop: int) -> None:
     """Drop positions start..stop-1 from the cache; later positions move down, keys re-rotated.
 
-    `network` is the LlamaModel whose `ropes` (one per layer) wrote the keys. Afterwards the cache holds exactly
-    what it would hold had the kept tokens been processed at their new positions (up to float16
-    rounding of the re-rotated keys), except that their keys and values were computed while the
-    dropped tokens were still in view, as with llama.cpp.
+    `network` is the LlamaModel whose `ropes_for(cache.n_ctx)` (one per layer) wrote the keys. Afterwards
+    the cache holds exactly what it would hold had the kept tokens been processed at their new positions
+    (up to float16 rounding of the re-rotated keys), except that their keys and values were computed
+    while the dropped tokens were still in view, as with llama.cpp. The keys are turned without the
+    RoPE's attn_factor (Phi-3 LongRoPE): llama.cpp's K-shift applies it again, scaling the moved keys
+    by it at every shift.
     """
     n_drop = stop - start
     if n_drop <= 0:
@@ -36,8 +38,9 @@ def shift_context(network, cache: KVCache, start: int, stop: int) -> None:
     if n_moved == 0:
         return
     positions = np.full(n_moved, -n_drop, dtype=np.int64)  # every moved key turns back by n_drop
+    ropes = network.ropes_for(cache.n_ctx)
     for layer in range(cache.k.shape[0]):
-        rope = network.ropes[layer]  # windowed layers (gemma3) rotate with their own base
+        rope = ropes[layer].rotation_only()  # windowed layers (gemma3) rotate with their own base
         k = cache.k[layer, start:start + n_moved].astype(np.float32)  # (n_moved, n_head_kv, head_dim)
         rope.apply(k, positions, rope.cos_sin(positions))
         cache.k[layer, start:start + n_moved] = k  # rounded to float16, as ggml's in-place rope on the f16 cache

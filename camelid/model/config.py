@@ -44,6 +44,8 @@ class Config:
     rope_scale: float  # linear RoPE scaling: positions are divided by this ({arch}.rope.scaling.factor)
     rope_neox: bool  # True: rotate (x[i], x[i + rope_dim/2]); False: rotate (x[2i], x[2i+1])
     tied_output: bool  # True when the file has no output.weight and token_embd is reused
+    rope_attn_factor: float = 1.0  # {arch}.rope.scaling.attn_factor: RoPE's cos and sin are multiplied by this (Phi-3 LongRoPE)
+    n_ctx_orig: int = 0  # {arch}.rope.scaling.original_context_length, else n_ctx_train: Phi-3's long factors apply beyond it
     sliding_window: int = 0  # {arch}.attention.sliding_window: positions a windowed layer sees (0: no window)
     swa_layers: tuple[bool, ...] = ()  # per layer, True where the sliding window applies (empty: none)
     rope_base_swa: float = 10000.0  # {arch}.rope.freq_base_swa: RoPE base of the windowed layers (gemma3)
@@ -95,6 +97,9 @@ class Config:
             raise CamelidError(f"{path}: RoPE scaling {shown(scaling_type)} is not supported yet; camelid supports linear scaling.")
         if rope_scale < 1 / MAX_ROPE_SCALE:
             read.fail(f"the RoPE scaling factor is {rope_scale}; it must be at least {1 / MAX_ROPE_SCALE}")
+        rope_attn_factor = read.number("rope.scaling.attn_factor", 1.0, low=0.0, high=MAX_ROPE_SCALE)
+        if rope_attn_factor <= 0:
+            read.fail(f"{arch}.rope.scaling.attn_factor is {rope_attn_factor}; it must be positive")
         rope_base = read.number("rope.freq_base", 10000.0, high=FLOAT32_MAX)
         if rope_base <= 0:
             read.fail(f"{arch}.rope.freq_base is {rope_base}; it must be positive")
@@ -106,6 +111,7 @@ class Config:
         if n_layer > n_present:
             read.fail(f"{read.key('block_count')} is {n_layer} but tensors blk.{n_present}.* are missing "
                       f"(the file has {n_present} layers)")
+        n_ctx_train = read.size("context_length", 2048)
         return cls(
             arch=arch,
             n_vocab=_vocab_size(read, tensor_shapes, n_embd),
@@ -115,13 +121,15 @@ class Config:
             n_head_kv=n_head_kv,
             head_dim=head_dim,
             n_ff=read.size("feed_forward_length"),
-            n_ctx_train=read.size("context_length", 2048),
+            n_ctx_train=n_ctx_train,
             rms_eps=rms_eps,
             rope_base=rope_base,
             rope_dim=rope_dim,
             rope_scale=rope_scale,
             rope_neox=arch in NEOX_ROPE_ARCHITECTURES,
             tied_output="output.weight" not in tensor_shapes,
+            rope_attn_factor=rope_attn_factor,
+            n_ctx_orig=read.integer("rope.scaling.original_context_length", 0, min=0, max=MAX_SIZE) or n_ctx_train,
             **_arch_fields(read, arch, n_embd, n_layer, head_dim),
         )
 

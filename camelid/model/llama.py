@@ -101,12 +101,22 @@ class LlamaModel:
             b = self.blocks[-1]
             if len({b.attn_q_bias is None, b.attn_k_bias is None, b.attn_v_bias is None}) > 1:
                 raise CamelidError(f"{gguf.path}: layer {i} has some of the attn_q/attn_k/attn_v biases but not all; the file is inconsistent.")
-        freq_factors = vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
-        self.rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, freq_factors)
-        # windowed layers rotate with their own base and no scaling (llama.cpp's *_train_swa)
-        rope_swa = Rope(c.head_dim, c.rope_dim, c.rope_base_swa, 1.0, c.rope_neox) if any(c.swa_layers) else None
-        self.ropes = [rope_swa if c.swa_layers and c.swa_layers[i] else self.rope for i in range(c.n_layer)]
+        self._load_ropes(vector)
         self._prepare_weights(show_progress)
+
+    def _load_ropes(self, vector) -> None:
+        """Each layer's RoPE (self.ropes), with the Llama 3.1 factors of rope_freqs.weight where given."""
+        c = self.config
+        freq_factors = vector("rope_freqs.weight", c.rope_dim // 2, optional=True)
+        rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, freq_factors, c.rope_attn_factor)
+        # windowed layers rotate with their own base and no scaling (llama.cpp's *_train_swa)
+        rope_swa = Rope(c.head_dim, c.rope_dim, c.rope_base_swa, 1.0, c.rope_neox, None, c.rope_attn_factor) if any(c.swa_layers) else None
+        self.ropes = [rope_swa if c.swa_layers and c.swa_layers[i] else rope for i in range(c.n_layer)]
+
+    def ropes_for(self, n_ctx: int) -> list[Rope]:
+        """Each layer's RoPE in a context (KV cache) of n_ctx positions: self.ropes, whatever n_ctx,
+        except for Phi-3's LongRoPE (model/phi3.py), whose factors depend on the context size."""
+        return self.ropes
 
     def _projections(self, p: str, matrix) -> dict:
         """Block fields of the q/k/v and gate/up matrices of the layer whose tensors start with p."""
@@ -175,6 +185,7 @@ class LlamaModel:
         if c.embd_scale != 1.0:
             x = x * np.float32(c.embd_scale)
         activation = gelu_mul if c.ffn_gelu else silu_mul
+        ropes = self.ropes_for(cache.n_ctx)
         for layer, b in enumerate(self.blocks):
             h = rms_norm(x, b.attn_norm, c.rms_eps)
             q, k, v = b.attn_qkv.matmul(h)  # (n, n_head * head_dim), (n, n_head_kv * head_dim) x 2
@@ -185,7 +196,7 @@ class LlamaModel:
             if b.attn_q_norm is not None:  # per head: rows of head_dim
                 q = rms_norm(q.reshape(n * c.n_head, c.head_dim), b.attn_q_norm, c.rms_eps)
                 k = rms_norm(k.reshape(n * c.n_head_kv, c.head_dim), b.attn_k_norm, c.rms_eps)
-            rope = self.ropes[layer]
+            rope = ropes[layer]
             q = rope.apply(q.reshape(n, c.n_head, c.head_dim), positions)
             k = rope.apply(k.reshape(n, c.n_head_kv, c.head_dim), positions)
             if c.q_scale:

@@ -110,10 +110,13 @@ class Rope:
     theta_i * base^(-2/rope_dim) starting from theta_0 = position, then scales by 1/scale (linear
     scaling) and divides by freq_factor[i] (Llama 3.1's rope_freqs). The float32 rounding of that
     recurrence reaches about 1e-5 relative at the last pair; reproducing it keeps the rotated queries
-    next to llama.cpp's, which matters because they are later rounded to float16.
+    next to llama.cpp's, which matters because they are later rounded to float16. `attn_factor`
+    ({arch}.rope.scaling.attn_factor, Phi-3 LongRoPE's magnitude scale) multiplies the cosines and
+    sines in float32, as ggml's rope_yarn multiplies them by mscale.
     """
 
-    def __init__(self, head_dim: int, rope_dim: int, base: float, scale: float, neox: bool, freq_factors: np.ndarray | None = None):
+    def __init__(self, head_dim: int, rope_dim: int, base: float, scale: float, neox: bool, freq_factors: np.ndarray | None = None,
+                 attn_factor: float = 1.0):
         if rope_dim % 2 or not 2 <= rope_dim <= head_dim:
             raise ValueError(f"Rope: rope_dim {rope_dim} must be even and within the head size {head_dim}")
         if freq_factors is not None and freq_factors.shape != (rope_dim // 2,):
@@ -124,7 +127,9 @@ class Rope:
         self.theta_scale = np.float32(base) ** np.float32(-2.0 / rope_dim)  # powf(base, -2/n_dims)
         self.freq_scale = np.float32(1.0 / scale)
         self.freq_factors = None if freq_factors is None else freq_factors.astype(np.float32)
+        self.attn_factor = np.float32(attn_factor)
         self._last = None  # (positions bytes, (cos, sin)) of the last call to cos_sin
+        self._rotation: Rope | None = None  # rotation_only()'s result, made once
 
     def angles(self, positions: np.ndarray) -> np.ndarray:
         """(n,) positions -> (n, rope_dim/2) float32 angles."""
@@ -150,8 +155,20 @@ class Rope:
         cos = np.empty_like(angles)
         sin = np.empty_like(angles)
         _cos_sin(angles.reshape(-1), cos.reshape(-1), sin.reshape(-1))
+        if self.attn_factor != 1:
+            cos *= self.attn_factor
+            sin *= self.attn_factor
         self._last = (key, (cos, sin))
         return cos, sin
+
+    def rotation_only(self) -> "Rope":
+        """This RoPE without its attn_factor: a pure rotation, for turning keys already in the cache."""
+        if self.attn_factor == 1:
+            return self
+        if self._rotation is None:
+            self._rotation = Rope.__new__(Rope)
+            self._rotation.__dict__.update(self.__dict__, attn_factor=np.float32(1.0), _last=None)
+        return self._rotation
 
     def apply(self, x: np.ndarray, positions: np.ndarray, cos_sin=None) -> np.ndarray:
         """x (n, n_heads, head_dim) float32 rotated in place by positions (n,); returns x.

@@ -2,17 +2,21 @@
 (ffn_up, gate rows first), NeoX RoPE, and q scaled by 1/sqrt(head_dim) before attention, as
 llama.cpp's phi3 graph runs it (it does not apply Phi-3's sliding window, and neither does camelid).
 
-LongRoPE (rope_factors_long/short with their attention factor) is not implemented: a file that
-carries those tensors is refused at load.
+LongRoPE (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini): rope_factors_short.weight and
+rope_factors_long.weight, (rope_dim/2,) each, divide the RoPE angles per frequency, and
+phi3.rope.scaling.attn_factor multiplies the cosines and sines. As llama.cpp's get_rope_factors,
+the factors are chosen once per context: the long ones when the context (KV cache) holds more than
+phi3.rope.scaling.original_context_length positions, else the short ones. llama.cpp rounds its
+context up to a multiple of 256 first; for the original lengths of real models (4096) that makes
+the same choice.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from camelid.errors import CamelidError
-from camelid.formats.gguf import GGUFFile
 from camelid.model.llama import LlamaModel
+from camelid.model.ops import Rope
 from camelid.quant import QTensor
 
 
@@ -40,11 +44,22 @@ class FusedRows:
 class Phi3Model(LlamaModel):
     """A loaded Phi-3 network (general.architecture "phi3")."""
 
-    def __init__(self, gguf: GGUFFile, show_progress: bool = True):
-        if "rope_factors_long.weight" in gguf.tensors or "rope_factors_short.weight" in gguf.tensors:
-            raise CamelidError(f"{gguf.path}: this Phi-3 model uses LongRoPE (rope_factors_long/short), which camelid "
-                               "does not support yet; Phi-3 models with a 4k context run.")
-        super().__init__(gguf, show_progress)
+    def _load_ropes(self, vector) -> None:
+        """self.ropes with the short factors, self.ropes_long with the long ones (either without
+        factors where the file lacks that tensor, as in llama.cpp; a 4k-context Phi-3 has neither)."""
+        c = self.config
+
+        def ropes(name: str) -> list[Rope]:
+            factors = vector(name, c.rope_dim // 2, optional=True)  # (rope_dim/2,)
+            rope = Rope(c.head_dim, c.rope_dim, c.rope_base, c.rope_scale, c.rope_neox, factors, c.rope_attn_factor)
+            return [rope] * c.n_layer
+
+        self.ropes = ropes("rope_factors_short.weight")
+        self.ropes_long = ropes("rope_factors_long.weight")
+
+    def ropes_for(self, n_ctx: int) -> list[Rope]:
+        """The long-factor RoPE in a context of more than config.n_ctx_orig positions, else the short one."""
+        return self.ropes_long if n_ctx > self.config.n_ctx_orig else self.ropes
 
     def _projections(self, p: str, matrix) -> dict:
         c = self.config

@@ -257,7 +257,10 @@ def plan_tensors(ckpt: Checkpoint, hp: HParams, outtype: T) -> list[PlannedTenso
 
 
 def _extra_tensors(ckpt: Checkpoint, hp: HParams) -> list[PlannedTensor]:
-    """LLaMA-3.1-style RoPE scaling is stored as a per-frequency factor tensor, rope_freqs.weight."""
+    """LLaMA-3.1-style RoPE scaling is stored as a per-frequency factor tensor, rope_freqs.weight;
+    Phi-3's LongRoPE as two, rope_factors_long.weight and rope_factors_short.weight."""
+    if hp.arch == "phi3":
+        return _phi3_rope_factors(ckpt.config, hp)
     scaling = rope_parameters(ckpt.config)
     if str(scaling.get("rope_type", scaling.get("type", ""))).lower() != "llama3":
         return []
@@ -304,7 +307,8 @@ def model_metadata(ckpt: Checkpoint, hp: HParams, outtype: str) -> dict[str, Met
     if a == "gemma3":
         md.update(_gemma3_metadata(ckpt.config, u32, f32))
     elif a == "phi3":
-        md.update(_phi3_metadata(ckpt.config, hp, u32))
+        md.update(_phi3_metadata(ckpt.config, hp, u32, f32))
+        return md  # Phi-3's RoPE scaling (LongRoPE) is written by _phi3_metadata
     elif a == "llama" and ckpt.config.get("model_type") == "mistral" and ckpt.config.get("sliding_window"):
         # read by camelid (every layer windowed, as transformers runs Mistral); llama.cpp ignores it for llama
         md["llama.attention.sliding_window"] = u32(ckpt.config["sliding_window"])
@@ -321,18 +325,52 @@ def model_metadata(ckpt: Checkpoint, hp: HParams, outtype: str) -> dict[str, Met
     return md
 
 
-def _phi3_metadata(cfg: dict, hp: HParams, u32) -> dict[str, MetadataValue]:
-    """Phi-3's keys beyond LLaMA's, as llama.cpp's Phi3MiniModel writes them; LongRoPE is refused."""
-    kind = str(rope_parameters(cfg).get("rope_type", rope_parameters(cfg).get("type", "default"))).lower()
-    if kind not in ("default", ""):
-        raise CamelidError(f"config.json asks for rope_scaling type {kind!r} (LongRoPE); camelid converts Phi-3 models "
-                           "without RoPE scaling (the 4k-context ones) only.")
-    rope_dims = int(float(cfg.get("partial_rotary_factor") or 1.0) * hp.n_embd) // hp.n_head
+def _phi3_rope(cfg: dict, hp: HParams) -> tuple[int, int, list | None, list | None, str]:
+    """Phi-3's RoPE settings: (rope_dims, original context length, long_factor, short_factor, scaling type)."""
+    scaling = rope_parameters(cfg)
+    rot_pct = float(scaling.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0)
+    rope_dims = int(rot_pct * hp.n_embd) // hp.n_head
+    n_ctx_orig = int(scaling.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings") or hp.n_ctx)
+    kind = str(scaling.get("rope_type", scaling.get("type", ""))).lower()
+    return rope_dims, n_ctx_orig, scaling.get("long_factor"), scaling.get("short_factor"), kind
+
+
+def _phi3_metadata(cfg: dict, hp: HParams, u32, f32) -> dict[str, MetadataValue]:
+    """Phi-3's keys beyond LLaMA's, as llama.cpp's Phi3MiniModel writes them: with LongRoPE factors
+    (rope_scaling long_factor), the attention factor sqrt(1 + ln(s) / ln(n_orig)) of the context
+    extension s = max_position_embeddings / original_max_position_embeddings."""
+    rope_dims, n_ctx_orig, long_factors, short_factors, kind = _phi3_rope(cfg, hp)
     md = {"phi3.rope.dimension_count": u32(rope_dims),
-          "phi3.rope.scaling.original_context_length": u32(cfg.get("original_max_position_embeddings") or hp.n_ctx)}
+          "phi3.rope.scaling.original_context_length": u32(n_ctx_orig)}
+    if long_factors:
+        scale = hp.n_ctx / n_ctx_orig
+        if kind in ("su", "longrope"):
+            attn_factor = math.sqrt(1 + math.log(scale) / math.log(n_ctx_orig)) if scale > 1.0 else 1.0
+        elif kind == "yarn":
+            attn_factor = 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+        else:
+            raise CamelidError(f"config.json gives LongRoPE factors with rope_scaling type {kind or 'missing'!r}; "
+                               "camelid converts Phi-3 models with type longrope (or su, yarn).")
+        md["phi3.rope.scaling.attn_factor"] = f32(attn_factor)
     if cfg.get("sliding_window"):
         md["phi3.attention.sliding_window"] = u32(cfg["sliding_window"])
     return md
+
+
+def _phi3_rope_factors(cfg: dict, hp: HParams) -> list[PlannedTensor]:
+    """LongRoPE's rope_factors_long.weight and rope_factors_short.weight, (rope_dims/2,) float32 each."""
+    rope_dims, _, long_factors, short_factors, _ = _phi3_rope(cfg, hp)
+    if not long_factors:
+        return []
+    if not short_factors or len(long_factors) != len(short_factors) or len(long_factors) != rope_dims // 2:
+        raise CamelidError(f"config.json's rope_scaling long_factor and short_factor must both list {rope_dims // 2} values "
+                           f"(half the rotated dimensions); they list {len(long_factors)} and {len(short_factors or [])}.")
+    try:
+        tensors = {name: np.array(values, dtype=np.float32) for name, values in
+                   (("rope_factors_long.weight", long_factors), ("rope_factors_short.weight", short_factors))}
+    except (TypeError, ValueError):
+        raise CamelidError("config.json's rope_scaling long_factor and short_factor must be lists of numbers.") from None
+    return [PlannedTensor(name, T.F32, data.shape, lambda data=data: data) for name, data in tensors.items()]
 
 
 def _gemma3_metadata(cfg: dict, u32, f32) -> dict[str, MetadataValue]:
