@@ -69,7 +69,7 @@ def flip_bits(buf: bytearray, rng: random.Random, end: int | None = None) -> str
 
 def set_bytes(buf: bytearray, rng: random.Random, end: int | None = None) -> str:
     end = min(len(buf), end or len(buf))
-    if end < 8:
+    if end < 9:
         return "set:short"
     at = rng.randrange(end - 8)
     width = rng.choice((1, 2, 4, 8))

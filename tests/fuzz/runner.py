@@ -13,7 +13,8 @@ Outcomes:
 - multiline: a CamelidError whose message has a newline; exception: any other exception (traceback kept);
   memory: a MemoryError, or resident memory that grew by more than twice the file plus MEMORY_ALLOWANCE;
   timeout: more than CPU_BUDGET seconds of CPU time, or no report after WALL_LIMIT seconds of wall time
-  (the worker is killed); crash: the worker died by a signal. All of these fail.
+  (the worker is killed); crash: the worker died by a signal; harness: the fuzz harness itself raised (a bug
+  in tests/fuzz, reported like a case so a long run goes on). All of these fail.
 
 Case i of seed S is fully determined by (S, i): its format, seed file and mutations (see `make_case`).
 """
@@ -48,7 +49,7 @@ CPU_BUDGET = 2.0  # seconds of CPU time a case may use (the issue's 2 s, measure
 WALL_LIMIT = 10.0  # seconds of wall time before a case is killed, for a machine that is slow or loaded
 MEMORY_ALLOWANCE = 64 << 20  # the interpreter's own working set for one case, on top of twice the file size
 PASSING = ("ok", "error")
-FAILING = ("multiline", "exception", "memory", "timeout", "crash")
+FAILING = ("multiline", "exception", "memory", "timeout", "crash", "harness")
 FORMAT_WEIGHTS = {"gguf": 40, "legacy": 20, "safetensors": 14, "pytorch": 14, "chat": 12}
 
 
@@ -184,10 +185,10 @@ def _worker(seeds: list[Seed], master_seed: int, indices: range, directory: Path
                 path = directory / f"case{EXTENSIONS[seed.format]}"
                 path.write_bytes(data)
                 report = _run_one(str(path), seed.format, len(data))
-            except BaseException:
+            except Exception:
                 report = {"index": index, "harness_error": traceback.format_exc()}
                 os.write(report_fd, json.dumps(report).encode() + b"\n")
-                raise
+                continue
             line = {**report, "index": index, "format": seed.format, "seed": seed.name, "description": description,
                     "size": len(data)}
             line["message"] = line["message"][:20000]
@@ -231,7 +232,8 @@ class _Worker:
             line, self.buffer = self.buffer.split(b"\n", 1)
             report = json.loads(line)
             if "harness_error" in report:
-                raise RuntimeError(f"the fuzz harness failed on case {report['index']}:\n{report['harness_error']}")
+                report = {"index": report["index"], "outcome": "harness", "cpu_s": 0.0, "rss_growth": 0,
+                          "message": f"the fuzz harness itself failed:\n{report['harness_error']}"}
             self.next = report["index"] + 1
             yield report
 
@@ -304,6 +306,20 @@ def warm_up(seeds: list[Seed], directory: Path) -> None:
             step(str(path))
 
 
+def _fill_case(report: dict, seeds: list[Seed], master_seed: int) -> bytes:
+    """Complete a report that a dead worker or the harness could not fill (format, seed, description,
+    size); return the case's file, or b"" when the mutators themselves fail on it."""
+    try:
+        seed, data, description = make_case(seeds, master_seed, report["index"])
+    except Exception:  # noqa: BLE001 - reported as the case's "harness" outcome already
+        report.setdefault("format", "harness")
+        report.update({k: report.get(k, v) for k, v in (("seed", "?"), ("description", ""), ("size", 0))})
+        return b""
+    report.update({k: report.get(k, v) for k, v in (("format", seed.format), ("seed", seed.name),
+                                                      ("description", description), ("size", len(data)))})
+    return data
+
+
 def run_campaign(n_cases: int, master_seed: int = 0, formats: tuple[str, ...] = tuple(EXTENSIONS), *,
                  time_limit: float | None = None, save_failures: Path | None = None, progress: bool = False,
                  recycle: int = 250, save_examples: Path | None = None, examples_per_kind: int = 3) -> Summary:
@@ -324,19 +340,18 @@ def run_campaign(n_cases: int, master_seed: int = 0, formats: tuple[str, ...] = 
         while index < n_cases and (time_limit is None or time.monotonic() - start < time_limit):
             worker = _Worker(seeds, master_seed, index, min(n_cases, index + recycle), directory)
             for report in worker.reports():
-                if "format" not in report:
-                    seed, data, description = make_case(seeds, master_seed, report["index"])
-                    report.update(format=seed.format, seed=seed.name, description=description, size=len(data))
+                data = _fill_case(report, seeds, master_seed) if "format" not in report else None
                 result = Result(**{k: report[k] for k in Result.__dataclass_fields__})
                 summary.add(result)
                 failing = result.outcome in FAILING
                 target = save_failures if failing else save_examples
                 if target is not None and (failing or kept[result.format, result.outcome] < examples_per_kind):
-                    kept[result.format, result.outcome] += 1
-                    _, data, _ = make_case(seeds, master_seed, result.index)
-                    target.mkdir(parents=True, exist_ok=True)
-                    name = f"{master_seed}-{result.index}-{result.seed}-{result.outcome}{EXTENSIONS[result.format]}"
-                    (target / name).write_bytes(data)
+                    data = _fill_case({"index": result.index}, seeds, master_seed) if data is None else data
+                    if data:
+                        kept[result.format, result.outcome] += 1
+                        target.mkdir(parents=True, exist_ok=True)
+                        name = f"{master_seed}-{result.index}-{result.seed}-{result.outcome}{EXTENSIONS[result.format]}"
+                        (target / name).write_bytes(data)
                 if progress and summary.cases % 1000 == 0:
                     summary.seconds = time.monotonic() - start
                     print(summary.lines()[0], file=sys.stderr, flush=True)
