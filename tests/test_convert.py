@@ -292,7 +292,8 @@ def test_bad_input_is_a_clear_error_without_output(work, hf_model, capsys, case)
 
 def test_failure_while_writing_leaves_no_file(work, hf_model):
     from camelid.errors import CamelidError
-    from camelid.formats.hf import Checkpoint, TensorSource, open_checkpoint
+    from camelid.formats.checkpoint import open_checkpoint
+    from camelid.formats.hf import Checkpoint, TensorSource
     from camelid.tools.convert import convert_checkpoint
 
     ckpt = open_checkpoint(hf_model[1])

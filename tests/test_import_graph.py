@@ -135,22 +135,14 @@ def private_imports(mods: dict[str, Path] | None = None) -> list[str]:
     return bad
 
 
-# Known at the time of writing, outside camelid/quant and camelid/cpu, left to the formats work:
-# formats.hf.open_checkpoint imports formats.meta (the Meta layout), which imports hf's Checkpoint,
-# open_tensor_files and _read_json. Listed exactly, so that a fix fails these tests until it is
-# removed from here, and any new cycle or private import fails them at once.
-KNOWN_CYCLES = [["camelid.formats.hf", "camelid.formats.meta"]]
-KNOWN_PRIVATE_IMPORTS = ["camelid/formats/meta.py: camelid.formats.hf._read_json"]
-
-
 def test_camelid_has_no_import_cycle():
     found = cycles(import_graph())
-    assert found == KNOWN_CYCLES, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+    assert found == [], "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
 def test_no_private_name_is_imported_across_files():
     found = [re.sub(r":\d+:", ":", f) for f in private_imports()]
-    assert found == KNOWN_PRIVATE_IMPORTS, "private names imported from another file:\n" + "\n".join(found)
+    assert found == [], "private names imported from another file:\n" + "\n".join(found)
 
 
 def test_formats_and_quant_depend_one_way():

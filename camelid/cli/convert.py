@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.outtype not in OUTTYPE_NAMES:
             raise CamelidError(f"unknown --outtype {args.outtype!r}; choose one of {', '.join(OUTTYPE_NAMES)}.")
-        from camelid.formats.hf import open_checkpoint
+        from camelid.formats.checkpoint import open_checkpoint
         from camelid.tools.convert import convert_checkpoint
 
         convert_checkpoint(open_checkpoint(args.input), args.outfile, args.outtype, progress=not args.no_progress)

@@ -7,9 +7,10 @@ Public interface (the converter and the LoRA merger build on it):
   kept in memory: files are read with positioned reads, never memory-mapped.
 - `open_tensor_files(paths)`: one TensorSource over `.safetensors` files and PyTorch `.bin`/`.pth` zip
   checkpoints (read by `safe_pickle`, which runs no pickle code), any number of shards.
-- `Checkpoint(config, tensors, tokenizer_dir, source)` and `open_checkpoint(path)`: a Hugging Face
-  directory (`config.json` + weight shards) or Meta's original layout (`params.json` +
-  `consolidated.NN.pth` + `tokenizer.model`). Either way `config` has Hugging Face `config.json` keys
+- `Checkpoint(config, tensors, tokenizer_dir, source)` and `open_hf_checkpoint(dir)`: a Hugging Face
+  directory (`config.json` + weight shards). `formats.meta` reads Meta's original layout (`params.json` +
+  `consolidated.NN.pth` + `tokenizer.model`) into the same Checkpoint, and `formats.checkpoint.open_checkpoint`
+  opens either. Either way `config` has Hugging Face `config.json` keys
   and `tensors` uses Hugging Face tensor names and layouts (Meta shards are concatenated and q/k rows
   put into Hugging Face's rotate-half order), so consumers see one format.
 """
@@ -30,7 +31,7 @@ from camelid.errors import CamelidError
 from camelid.formats import safe_pickle
 from camelid.formats.metadata import describe, is_integer, shown
 
-__all__ = ["TensorSource", "open_tensor_files", "Checkpoint", "open_checkpoint", "bf16_to_f32"]
+__all__ = ["TensorSource", "open_tensor_files", "Checkpoint", "open_hf_checkpoint", "read_json", "bf16_to_f32"]
 
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8"),
                        "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
@@ -197,7 +198,8 @@ class Checkpoint:
     source: Path
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`; CamelidError if it is not valid JSON or not an object."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -212,7 +214,7 @@ def _hf_weight_files(d: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = d / index_name
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
+            weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CamelidError(f"{index} has no weight_map; the index is corrupt.")
             files = sorted(set(weight_map.values()))
@@ -229,26 +231,7 @@ def _hf_weight_files(d: Path) -> list[Path]:
     return found
 
 
-def _open_hf(d: Path) -> Checkpoint:
-    config = _read_json(d / "config.json")
+def open_hf_checkpoint(d: Path) -> Checkpoint:
+    """A Hugging Face checkpoint directory: config.json and its weight shards (headers only are read)."""
+    config = read_json(d / "config.json")
     return Checkpoint(config, open_tensor_files(_hf_weight_files(d)), d, d)
-
-
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a Hugging Face checkpoint directory or a Meta-layout one (params.json + consolidated.*.pth).
-
-    Raises CamelidError naming what is missing when the directory is neither. Only headers are read.
-    """
-    d = Path(path)
-    if not d.exists():
-        raise CamelidError(f"checkpoint not found: {d}.")
-    if d.is_file():
-        d = d.parent
-    if (d / "config.json").is_file():
-        return _open_hf(d)
-    if (d / "params.json").is_file():
-        from camelid.formats.meta import open_meta
-
-        return open_meta(d)
-    raise CamelidError(f"{d} is not a model checkpoint: it has neither config.json (Hugging Face) nor params.json "
-                       "(Meta's consolidated.*.pth layout).")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from camelid.errors import CamelidError
-from camelid.formats.hf import Checkpoint, TensorSource, _read_json, open_tensor_files
+from camelid.formats.hf import Checkpoint, TensorSource, open_tensor_files, read_json
 
 _LAYER_NAMES = {
     "attention.wq.weight": "self_attn.q_proj.weight",
@@ -119,7 +119,7 @@ def _context_length(params: dict) -> int:
 
 def open_meta(d: Path) -> Checkpoint:
     """Open Meta's layout in directory `d`: params.json, consolidated.NN.pth shards, tokenizer.model here or in the parent."""
-    params = _read_json(d / "params.json")
+    params = read_json(d / "params.json")
     paths = sorted(d.glob("consolidated.*.pth"))
     if not paths:
         raise CamelidError(f"{d} has params.json but no consolidated.*.pth weight files.")

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from camelid.errors import CamelidError
-from camelid.formats.hf import Checkpoint, TensorSource, open_checkpoint, open_tensor_files
+from camelid.formats.checkpoint import open_checkpoint
+from camelid.formats.hf import Checkpoint, TensorSource, open_tensor_files
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 EMBED = "model.embed_tokens.weight"
