@@ -90,3 +90,12 @@ def test_peek_never_raises():
     read = MetadataReader({"n": "16", "t": 3, "l": "x"})
     assert read.peek("n", "integer") is None and read.peek("t", "text") is None and read.peek("l", "list") is None
     assert read.peek("t", "integer") == 3 and read.peek("missing", "text") is None
+
+
+def test_quantize_plans_with_typed_counts():
+    """camelid quantize reads the layer and head counts through the reader too (int('abc') was a traceback)."""
+    from camelid.tools.quantize import parse_file_type, plan_types
+
+    meta = {"general.architecture": "llama", "llama.block_count": "abc"}
+    with pytest.raises(CamelidError, match="llama.block_count is the text 'abc', not a whole number"):
+        plan_types({}, meta, parse_file_type("q4_0"), "model.gguf")

@@ -61,6 +61,7 @@ def chat(args: argparse.Namespace) -> int:
     from camelid.chat.transcript import read_chat
     from camelid.cli.line_input import read_user_input
     from camelid.errors import CamelidError
+    from camelid.formats.metadata import MetadataReader
 
     if hasattr(sys.stdout, "reconfigure"):  # a terminal that cannot show a character gets "?", not a crash
         sys.stdout.reconfigure(errors="replace")
@@ -71,7 +72,7 @@ def chat(args: argparse.Namespace) -> int:
     session = model.chat(system=args.system, max_tokens=args.n_predict, **sampling)
     if args.load:
         print(run_command(session, "/load " + args.load).text)
-    name = model.metadata.get("general.name") or model.path
+    name = (MetadataReader(model.metadata).peek("general.name", "text") or model.path)[:80]
     print(f"camelid chat with {name} ({session.n_ctx}-token context). /help lists the commands; "
           "Ctrl+C stops a reply; Ctrl+D or /exit quits.")
     interrupted = False

@@ -41,6 +41,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.constants import GGML_QUANT_SIZES, GGUFValueType
 
 from camelid.errors import CamelidError
+from camelid.formats.metadata import MetadataReader
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 _FLOAT_TYPES = (T.F32, T.F16, T.BF16)
@@ -193,18 +194,20 @@ def _fallback(ncols: int, new: T) -> T:
     return T.F16 if ncols % GGML_QUANT_SIZES[out][0] else out
 
 
-def plan_types(tensors: dict, metadata: dict, ft: FileType) -> dict[str, T]:
+def plan_types(tensors: dict, metadata: dict, ft: FileType, path: str = "model") -> dict[str, T]:
     """Target type of every tensor (name -> type), in llama.cpp's order, for file type `ft`.
 
-    `tensors` maps names to objects with `ggml_type` and `shape` (NumPy order), as GGUFFile.tensors.
+    `tensors` maps names to objects with `ggml_type` and `shape` (NumPy order), as GGUFFile.tensors;
+    a metadata value of the wrong type raises CamelidError naming `path`.
     """
-    arch = str(metadata.get("general.architecture", "llama"))
+    read = MetadataReader(metadata, path)
+    arch = read.string("general.architecture", "llama")
     names = llama_order(tensors)
-    n_layer = int(metadata.get(f"{arch}.block_count", 0) or 0)
-    n_head = metadata.get(f"{arch}.attention.head_count", 0)
-    n_head_kv = metadata.get(f"{arch}.attention.head_count_kv", n_head)
+    n_layer = read.integer(f"{arch}.block_count", 0, min=0)
+    n_head = read.integer(f"{arch}.attention.head_count", 0, min=0)
+    n_head_kv = read.integer(f"{arch}.attention.head_count_kv", n_head, min=0)
     st = _MixState(
-        arch=arch, n_layer=n_layer, n_expert=int(metadata.get(f"{arch}.expert_count", 0) or 0),
+        arch=arch, n_layer=n_layer, n_expert=read.integer(f"{arch}.expert_count", 0, min=0),
         is_70b=n_layer == 80 and (arch == "qwen2" or (arch == "llama" and n_head != n_head_kv)),
         tied="output.weight" not in tensors, n_attn_v=sum(_category(n) == "attn_v" for n in names),
     )
@@ -335,7 +338,7 @@ def quantize_file(src: str, dst: str | None, type_name: str, allow_requantize: b
     if dst is not None:
         _check_paths(os.fspath(src), os.fspath(dst))
     gf = open_model_file(src)
-    plan = plan_types(gf.tensors, gf.metadata, ft)
+    plan = plan_types(gf.tensors, gf.metadata, ft, gf.path)
     requantized = [n for n, t in plan.items() if t != gf.tensors[n].ggml_type and gf.tensors[n].ggml_type not in _FLOAT_TYPES]
     if requantized and not allow_requantize and dst is not None:
         first = gf.tensors[requantized[0]]
@@ -349,7 +352,7 @@ def quantize_file(src: str, dst: str | None, type_name: str, allow_requantize: b
     if requantized and dst is not None:
         warnings.warn(f"requantizing {len(requantized)} already-quantized tensors through float32: the result is "
                       "worse than quantizing the original F16/F32 model.")
-    arch = str(gf.metadata.get("general.architecture", "llama"))
+    arch = MetadataReader(gf.metadata, gf.path).string("general.architecture", "llama")
     meta = _metadata(gf, ft)
     planned = [PlannedTensor(n, t, gf.tensors[n].shape, _producer(gf.tensors[n], t)) for n, t in plan.items()]
     size = gguf_size(arch, meta, planned)
