@@ -322,8 +322,10 @@ class _StateDictReader:
 
 def _entry_data_offset(f, info: zipfile.ZipInfo, size: int) -> int:
     """Absolute offset of an uncompressed zip member's data, checked to lie with all its bytes inside the file."""
-    f.seek(info.header_offset)
-    header = f.read(_ZIP_LOCAL_HEADER.size)
+    header = b""
+    if 0 <= info.header_offset <= size - _ZIP_LOCAL_HEADER.size:  # zipfile computes it, and can make it negative
+        f.seek(info.header_offset)
+        header = f.read(_ZIP_LOCAL_HEADER.size)
     if len(header) != _ZIP_LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
         raise CamelidError(f"{f.name}: bad zip entry {shown(info.filename)}; the file is corrupt or truncated.")
     fields = _ZIP_LOCAL_HEADER.unpack(header)

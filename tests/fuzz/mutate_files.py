@@ -20,6 +20,11 @@ import zipfile
 from fuzz import byte_ops as B
 from fuzz.legacy_image import MAGICS, LegacyImage
 
+def _pick(rng: random.Random, values: tuple):
+    """rng.choice of a fresh copy: a value put into one case's file must never be edited by a later case."""
+    return copy.deepcopy(rng.choice(values))
+
+
 # ---- legacy ggml / ggmf / ggjt -------------------------------------------------------------------
 
 LEGACY_TYPE_IDS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 30, 255, (1 << 32) - 1)
@@ -104,8 +109,8 @@ def _odd_shape(rng: random.Random, shape: list) -> object:
         shape[rng.randrange(len(shape))] = rng.choice((0, -1, -4, 1 << 31, 1 << 40, (1 << 63) - 1, 1 << 64, 2.0, "4", None))
         return shape
     if choice < 0.6:
-        return rng.choice(([], [0], [1 << 32, 1 << 32], [1] * 40, [1 << 62, 4], [2, 2, 2, 2, 2, 2]))
-    return rng.choice(_ODD_JSON)
+        return _pick(rng, ([], [0], [1 << 32, 1 << 32], [1] * 40, [1 << 62, 4], [2, 2, 2, 2, 2, 2]))
+    return _pick(rng, _ODD_JSON)
 
 
 def _safetensors_structural(header: dict, rng: random.Random) -> str:
@@ -134,7 +139,7 @@ def _safetensors_structural(header: dict, rng: random.Random) -> str:
             key = rng.choice(("dtype", "shape", "data_offsets"))
             info.pop(key, None)
             return f"{name} without {key}"
-        header[name] = rng.choice(_ODD_JSON)
+        header[name] = _pick(rng, _ODD_JSON)
         return f"{name} entry={str(header[name])[:40]}"
     if op == "metadata":
         header["__metadata__"] = rng.choice(({"format": 5}, {"format": ["pt"]}, [], "pt", None, {"a": {"b": 1}}))
@@ -271,13 +276,13 @@ def _chat_structural(chat: dict, rng: random.Random) -> str:
     op = rng.choice(("top", "message", "messages", "sampling", "sampling", "drop", "version"))
     if op == "top":
         key = rng.choice(("system", "model", "max_tokens", "dropped_turns", "sampling", "messages", "extra"))
-        chat[key] = rng.choice(_CHAT_VALUES)
+        chat[key] = _pick(rng, _CHAT_VALUES)
         return f"{key}={str(chat[key])[:30]}"
     if op == "message" and chat.get("messages"):
         m = rng.choice(chat["messages"])
         if isinstance(m, dict):
             key = rng.choice(("role", "content", "tool_calls"))
-            m[key] = rng.choice(_CHAT_VALUES + ("system", "assistant", "user", "tool"))
+            m[key] = _pick(rng, _CHAT_VALUES + ("system", "assistant", "user", "tool"))
             return f"message {key}={str(m[key])[:30]}"
     if op == "messages" and isinstance(chat.get("messages"), list):
         ms = chat["messages"]
@@ -287,11 +292,11 @@ def _chat_structural(chat: dict, rng: random.Random) -> str:
         elif choice < 0.6:
             ms.extend(copy.deepcopy(ms[:2]) * rng.choice((1, 10, 1000)))
         else:
-            ms.insert(0, rng.choice(_CHAT_VALUES))
+            ms.insert(0, _pick(rng, _CHAT_VALUES))
         return f"messages -> {len(ms)}"
     if op == "sampling" and isinstance(chat.get("sampling"), dict):
         key = rng.choice(list(chat["sampling"]) + ["mirostat", "logit_bias"])
-        chat["sampling"][key] = rng.choice(_CHAT_VALUES + (0.0, 1.0, 1e-300, 2, -2, 40))
+        chat["sampling"][key] = _pick(rng, _CHAT_VALUES + (0.0, 1.0, 1e-300, 2, -2, 40))
         return f"sampling {key}={str(chat['sampling'][key])[:30]}"
     if op == "drop":
         key = rng.choice(list(chat) or ["camelid_chat"])
