@@ -18,7 +18,7 @@ from camelid.formats.gguf import GGUFFile
 from camelid.model.cache import KVCache
 from camelid.model.config import Config
 from camelid.model.ops import Rope, attention, gelu_mul, rms_norm, silu_mul
-from camelid.quant import QTensor, load_vector
+from camelid.quant import QTensor, check_supported, load_vector
 from camelid.quant.qtensor import StackedMatrices
 from camelid.quant.kernels import kernels_compiled
 
@@ -65,6 +65,8 @@ class LlamaModel:
 
     def __init__(self, gguf: GGUFFile, show_progress: bool = True):
         tensors = gguf.tensors
+        for info in tensors.values():  # a type camelid cannot run is the first thing the user should hear
+            check_supported(info.ggml_type, info.name)
         self.config = config = Config.from_metadata(gguf.metadata, {name: t.shape for name, t in tensors.items()}, gguf.path)
         self._path = gguf.path
 
