@@ -358,8 +358,8 @@ def _read_entry(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limi
     try:
         with archive.open(info) as f:
             data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise CamelidError(f"{path}: cannot read {shown(info.filename)} ({exc}); the file is corrupt or truncated.") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:  # RuntimeError: "encrypted"
+        raise CamelidError(f"{path}: cannot read {shown(info.filename)} ({str(exc)[:200]}); the file is corrupt or truncated.") from None
     if len(data) != info.file_size:
         raise CamelidError(f"{path}: {shown(info.filename)} is not the size its zip entry declares; the file is corrupt.")
     return data

@@ -278,7 +278,7 @@ def _chat_structural(chat: dict, rng: random.Random) -> str:
         key = rng.choice(("system", "model", "max_tokens", "dropped_turns", "sampling", "messages", "extra"))
         chat[key] = _pick(rng, _CHAT_VALUES)
         return f"{key}={str(chat[key])[:30]}"
-    if op == "message" and chat.get("messages"):
+    if op == "message" and isinstance(chat.get("messages"), list) and chat["messages"]:
         m = rng.choice(chat["messages"])
         if isinstance(m, dict):
             key = rng.choice(("role", "content", "tool_calls"))

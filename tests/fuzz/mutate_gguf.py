@@ -154,7 +154,7 @@ def tensor_dims(image: GGUFImage, rng: random.Random) -> str:
     if op == "n_dims":
         n = rng.choice((0, 1, 2, 3, 4, 5, 8))
         t.ne = (t.ne + [1] * 8)[:n] if n > len(t.ne) or rng.random() < 0.5 else t.ne[:n]
-    elif op == "dim":
+    elif op == "dim" and t.ne:
         t.ne[rng.randrange(len(t.ne))] = B.interesting_int(rng)
     else:
         t.ne = t.ne[::-1]
