@@ -394,8 +394,9 @@ def results_section(summary: Summary, args: argparse.Namespace) -> str:
         counts = summary.by_format[fmt]
         lines.append(f"| {fmt} | {sum(counts.values())} | " + " | ".join(str(counts[k]) for k in PASSING + FAILING) + " |")
     lines.append(f"| all | {summary.cases} | " + " | ".join(str(total[k]) for k in PASSING + FAILING) + " |")
+    lines += [""] if summary.failures else []
     for r in summary.failures[:20]:
-        lines.append(f"\n- FAIL case {r.index} ({r.format}/{r.seed}: {r.description}): {r.outcome}: "
+        lines.append(f"- FAIL case {r.index} ({r.format}/{r.seed}: {r.description}): {r.outcome}: "
                      f"{r.message.strip().splitlines()[-1] if r.message.strip() else ''}")
     return "\n".join(lines) + "\n"
 
