@@ -14,7 +14,7 @@ The float32 and int32 operations are plain LLVM vector operations, which compile
 - "avx512bw", "avx2": `vpmaddubsw` (pairs of products, saturated to int16), then `vpmaddwd` by ones
   and an add, as llama.cpp does without VNNI. Exact while the unsigned bytes are at most 128 (two
   products with activation codes of -127..127 then fit int16): every K-quant and 4- and 5-bit code,
-  not Q8_0's shifted codes (`BYTE_PRODUCTS_EXACT` is False);
+  not Q8_0's shifted codes (`BYTE_PRODUCTS_EXACT` is False), which take `dot_signed_bytes` instead;
 - None: no usable instructions; the kernels of this module must not run.
 The environment variable CAMELID_SIMD (vnni, avx512bw, avx2 or none) overrides the choice, for
 tests (camelid.compile_cache keys Numba's cache on it).
@@ -189,33 +189,67 @@ def zeros_i32(typingctx):
     return I32x16(), codegen
 
 
+def _dot_bytes_ir(builder, acc, u, s):
+    """IR of acc + the sums of 4 products u * s (64 bytes each: u unsigned, s signed) per int32 lane."""
+    if INT8_DOT == "vnni":
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc, u, s])
+    width = 64 if INT8_DOT == "avx512bw" else 32  # bytes per instruction
+    prefix = "llvm.x86.avx512." if width == 64 else "llvm.x86.avx2."
+    v_i8 = ir.VectorType(_I8, width)
+    v_i16 = ir.VectorType(_I16, width // 2)
+    v_i32 = ir.VectorType(_I32, width // 4)
+    maddubs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i16, [v_i8, v_i8]),
+                                             prefix + ("pmaddubs.w.512" if width == 64 else "pmadd.ub.sw"))
+    maddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i32, [v_i16, v_i16]),
+                                            prefix + ("pmaddw.d.512" if width == 64 else "pmadd.wd"))
+    ones = ir.Constant(v_i16, [1] * (width // 2))
+    sums = []
+    for half in range(64 // width):
+        pick = ir.Constant(ir.VectorType(_I32, width), list(range(half * width, (half + 1) * width)))
+        uh = builder.shuffle_vector(u, ir.Constant(_V_I8, None), pick) if width < 64 else u
+        sh = builder.shuffle_vector(s, ir.Constant(_V_I8, None), pick) if width < 64 else s
+        sums.append(builder.call(maddwd, [builder.call(maddubs, [uh, sh]), ones]))
+    total = sums[0] if len(sums) == 1 else builder.shuffle_vector(sums[0], sums[1], ir.Constant(_V_I32, list(range(16))))
+    return builder.add(acc, total)
+
+
 @intrinsic
 def dot_bytes(typingctx, acc, unsigned_bytes, signed_bytes):
     """Lane i of acc plus the 4 products of bytes 4i..4i+3, unsigned times signed (see INT8_DOT)."""
     def codegen(context, builder, sig, args):
-        acc, u, s = args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8)
-        if INT8_DOT == "vnni":
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
-                                                "llvm.x86.avx512.vpdpbusd.512")
-            return builder.call(fn, [acc, u, s])
-        width = 64 if INT8_DOT == "avx512bw" else 32  # bytes per instruction
-        prefix = "llvm.x86.avx512." if width == 64 else "llvm.x86.avx2."
-        v_i8 = ir.VectorType(_I8, width)
-        v_i16 = ir.VectorType(_I16, width // 2)
-        v_i32 = ir.VectorType(_I32, width // 4)
-        maddubs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i16, [v_i8, v_i8]),
-                                                 prefix + ("pmaddubs.w.512" if width == 64 else "pmadd.ub.sw"))
-        maddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i32, [v_i16, v_i16]),
-                                                prefix + ("pmaddw.d.512" if width == 64 else "pmadd.wd"))
-        ones = ir.Constant(v_i16, [1] * (width // 2))
-        sums = []
-        for half in range(64 // width):
-            pick = ir.Constant(ir.VectorType(_I32, width), list(range(half * width, (half + 1) * width)))
-            uh = builder.shuffle_vector(u, ir.Constant(_V_I8, None), pick) if width < 64 else u
-            sh = builder.shuffle_vector(s, ir.Constant(_V_I8, None), pick) if width < 64 else s
-            sums.append(builder.call(maddwd, [builder.call(maddubs, [uh, sh]), ones]))
-        total = sums[0] if len(sums) == 1 else builder.shuffle_vector(sums[0], sums[1], ir.Constant(_V_I32, list(range(16))))
-        return builder.add(acc, total)
+        return _dot_bytes_ir(builder, args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8))
+
+    return I32x16(I32x16, I32x16, I32x16), codegen
+
+
+@intrinsic
+def dot_signed_bytes(typingctx, acc, a, b):
+    """Lane i of acc plus the 4 products of bytes 4i..4i+3, signed times signed: |a| times b with a's
+    sign, as llama.cpp's AVX2 Q8_0 product does (`_mm256_sign_epi8`). Exact on every INT8_DOT while no
+    byte of b is -128 (int8 activation codes are -127..127): |a| <= 128 and |b| <= 127 keep each pair
+    of products within int16."""
+    def codegen(context, builder, sig, args):
+        a, b = builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8)
+        if INT8_DOT == "avx2":  # vpsignb: b negated where a < 0, zeroed where a == 0
+            v32 = ir.VectorType(_I8, 32)
+            psign = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32, [v32, v32]), "llvm.x86.avx2.psign.b")
+            halves = []
+            for half in range(2):
+                pick = ir.Constant(ir.VectorType(_I32, 32), list(range(32 * half, 32 * half + 32)))
+                ah = builder.shuffle_vector(a, ir.Constant(_V_I8, None), pick)
+                bh = builder.shuffle_vector(b, ir.Constant(_V_I8, None), pick)
+                halves.append((builder.call(psign, [ah, ah]), builder.call(psign, [bh, ah])))
+            join = ir.Constant(ir.VectorType(_I32, 64), list(range(64)))
+            magnitude = builder.shuffle_vector(halves[0][0], halves[1][0], join)
+            signed = builder.shuffle_vector(halves[0][1], halves[1][1], join)
+        else:
+            zero = ir.Constant(_V_I8, [0] * 64)
+            negative = builder.icmp_signed("<", a, zero)
+            magnitude = builder.select(negative, builder.sub(zero, a), a)
+            signed = builder.select(negative, builder.sub(zero, b), b)
+        return _dot_bytes_ir(builder, args[0], magnitude, signed)
 
     return I32x16(I32x16, I32x16, I32x16), codegen
 

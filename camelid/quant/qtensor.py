@@ -51,7 +51,7 @@ class RawTensor(Protocol):
 # (VEC, REPACKED, TILED, GEMV, GEMM, tinyBLAS) are described in camelid/quant/kernels/__init__.py.
 
 PLAIN, REPACKED = "plain", "repacked"  # a matrix's layout in llama.cpp (`llama_cpp_layout`)
-ANY_CPU, INT8_DOT, VNNI = "any", "int8 dot", "vnni"  # what a row needs of the CPU (`cpu_runs`)
+ANY_CPU, INT8_DOT = "any", "int8 dot"  # what a row needs of the CPU (`cpu_runs`)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class KernelRow:
 
     types: tuple[GGMLQuantizationType, ...]
     layout: str  # PLAIN or REPACKED
-    cpu: str  # ANY_CPU, INT8_DOT (simd.INT8_DOT: VNNI, AVX-512BW or AVX2) or VNNI
+    cpu: str  # ANY_CPU or INT8_DOT (simd.INT8_DOT: VNNI, AVX-512BW or AVX2)
     kernel: str  # "module.Class" in camelid/quant/kernels/: Class(raw, type, n_out, n_in).matmul(x)
 
 
@@ -71,9 +71,8 @@ KERNEL_TABLE: tuple[KernelRow, ...] = (
     # ggml_gemv/gemm_q4_0_8x8_q8_0 (repacked Q4_0): one fma per block and output; int8 dot products
     KernelRow((T.Q4_0,), REPACKED, INT8_DOT, "q32_int8.Q32Int8Repacked"),
     # ggml_vec_dot_q*_q8_* and tinyBLAS_Q0 (the same arithmetic per output): 8 lanes, hsum_float_8
-    KernelRow((T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1), PLAIN, INT8_DOT, "q32_int8.Q32Int8"),
-    # the same for Q8_0, whose unsigned codes (q + 128) overflow vpmaddubsw's int16 pairs: VNNI only
-    KernelRow((T.Q8_0,), PLAIN, VNNI, "q32_int8.Q32Int8"),
+    # (Q8_0 without VNNI with llama.cpp's AVX2 sign trick: simd.dot_signed_bytes)
+    KernelRow(_Q32, PLAIN, INT8_DOT, "q32_int8.Q32Int8"),
     # the same two paths with float32 arithmetic on exact integers, on any CPU
     KernelRow((T.Q4_0,), REPACKED, ANY_CPU, "q32_float.Q32FloatRepacked"),
     KernelRow(_Q32, PLAIN, ANY_CPU, "q32_float.Q32Float"),
@@ -108,9 +107,7 @@ def cpu_runs(need: str) -> bool:
         return True
     from camelid.cpu import simd
 
-    if need == INT8_DOT:
-        return simd.INT8_DOT is not None
-    return simd.INT8_DOT is not None and simd.BYTE_PRODUCTS_EXACT
+    return simd.INT8_DOT is not None
 
 
 def kernel_row(w: "QTensor") -> KernelRow:

@@ -12,8 +12,9 @@ block scales and mins as float16 bits, (n_groups, n_blocks, 16) uint16.
 
 Codes are unsigned, so each type's offset `off` (8 for Q4_0, 16 for Q5_0, 128 for Q8_0) comes back
 as a correction: the int32 accumulators start at -off times the sum of their activations
-(`_activation_sums`), and every integer sum equals ggml's. Q8_0's codes reach 255, whose products
-overflow vpmaddubsw's int16 pairs: Q8_0 runs here only with VNNI (qtensor.py's kernel table).
+(`_activation_sums`), and every integer sum equals ggml's. Q8_0's shifted codes reach 255, whose
+products overflow vpmaddubsw's int16 pairs, so without VNNI Q8_0 keeps its signed codes (off 0, the
+weights as an int8 array) and multiplies with `simd.dot_signed_bytes`, llama.cpp's AVX2 sign trick.
 
 Float order (camelid/quant/kernels/__init__.py): `_mm_repacked` for llama.cpp's repacked Q4_0
 gemv/gemm, one accumulator per output, acc = fma(f32(block sum), d_w * d_a, acc); `_mm_vec` for the
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from camelid.cpu import simd as v
 from camelid.quant.kernels.activations import quantize_q8_0_or_1
@@ -112,12 +114,25 @@ def _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks):
                 store_group(out, t * uout + row0, n_valid, acc, tmp)
 
 
+def _dot_codes(w, acc, codes, activations):
+    """acc plus the products of weight codes and activations by 4 per lane, chosen by the type of the
+    weights w when the kernel compiles: unsigned (uint8) codes with `dot_bytes`, signed (int8) ones with
+    `dot_signed_bytes`."""
+
+
+@overload(_dot_codes, inline="always")
+def _dot_codes_for(w, acc, codes, activations):
+    if w.dtype == types.int8:
+        return lambda w, acc, codes, activations: v.dot_signed_bytes(acc, codes, activations)
+    return lambda w, acc, codes, activations: v.dot_bytes(acc, codes, activations)
+
+
 @njit(cache=True, inline="always")
 def _lane_pair(w, o, nibbles, aq, a, sums4, si, dsc, acc_lo, acc_hi):
     """One 8-weight step of a token: lanes 2s and 2s+1 of the block, added to their accumulators."""
     lo, hi = step_codes(w, o, nibbles)
-    lane_lo = v.dot_bytes(v.broadcast_i32(sums4[si]), lo, v.broadcast_bytes4(aq, a))
-    lane_hi = v.dot_bytes(v.broadcast_i32(sums4[si + U(1)]), hi, v.broadcast_bytes4(aq, a + U(4)))
+    lane_lo = _dot_codes(w, v.broadcast_i32(sums4[si]), lo, v.broadcast_bytes4(aq, a))
+    lane_hi = _dot_codes(w, v.broadcast_i32(sums4[si + U(1)]), hi, v.broadcast_bytes4(aq, a + U(4)))
     return v.fma(dsc, v.to_f32(lane_lo), acc_lo), v.fma(dsc, v.to_f32(lane_hi), acc_hi)
 
 
@@ -205,7 +220,8 @@ class Q32Int8:
         bt = BLOCK_TYPES[t]
         n_blocks = n_in // 32
         self.n_groups = n_groups = (n_out + ROWS - 1) // ROWS
-        off = CODE_OFFSET[t]
+        signed_codes = t == T.Q8_0 and not v.BYTE_PRODUCTS_EXACT
+        off = 0 if signed_codes else CODE_OFFSET[t]
         self.nibbles, self.off, self.has_min = t in NIBBLE_TYPES, np.int32(off), t in (T.Q4_1, T.Q5_1)
         group_bytes = n_in // 2 * ROWS if self.nibbles else n_in * ROWS
         self.w = v.aligned_empty(n_groups * group_bytes, np.uint8)
@@ -223,6 +239,8 @@ class Q32Int8:
             self.d[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = interleave_rows(recs["d"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0, ROWS)
             if self.has_min:
                 self.m[g0 * n_blocks * ROWS:g1 * n_blocks * ROWS] = interleave_rows(recs["m"].view(np.uint16).reshape(r1 - r0, n_blocks), g1 - g0, ROWS)
+        if signed_codes:
+            self.w = self.w.view(np.int8)
         self.n_out, self.n_in = n_out, n_in
         self.copies_weights = True
 
