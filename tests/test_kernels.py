@@ -270,6 +270,24 @@ def test_round_f16_matches_numpy():
         assert np.array_equal(bits(out), bits(x.astype(np.float16).astype(np.float32)))
 
 
+def test_f16_bits_match_numpy():
+    from numba import njit
+
+    from camelid.cpu.ggml_math import f16_bits
+
+    @njit
+    def half_bits(a, out):
+        for i in range(a.size):
+            out[i] = f16_bits(a[i])
+
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * s for s in (1e-8, 1e-6, 1e-4, 1.0, 1e3)]
+                       + [np.array([65504, 65519, -65519, 0.0, -0.0, 2**-24, 2**-25, 3 * 2**-26, 6.1e-5, -6.1e-5], np.float32)])
+    out = np.empty(x.size, np.uint32)
+    half_bits(x, out)
+    assert np.array_equal(out, x.astype(np.float16).view(np.uint16).astype(np.uint32))
+
+
 # ---------------------------------------------------------------------------- the other ops
 # Each against a float64 computation of the same function (on every CPU), and against ggml.
 

@@ -171,3 +171,17 @@ def round_f16(x):
     big = np.float32(np.inf) if x > 0 else np.float32(-np.inf)
     r = big if a >= np.float32(65520.0) else r
     return x if a != a or a == np.float32(np.inf) else r
+
+
+@njit(cache=True, inline="always")
+def f16_bits(x):
+    """float32 -> the bits (a uint16 value in a uint32) of its nearest-even float16, as F16C's
+    vcvtps2ph; for finite x below 65520 in magnitude (larger ones, inf and NaN: not handled)."""
+    r = round_f16(x)
+    bits = f32_as_u32(r)
+    sign = (bits >> np.uint32(16)) & np.uint32(0x8000)
+    a = abs(r)
+    if a < np.float32(6.103515625e-05):  # a subnormal half: a multiple of 2^-24
+        return sign | np.uint32(a * np.float32(16777216.0))
+    exponent = ((bits >> np.uint32(23)) & np.uint32(0xFF)) - np.uint32(112)
+    return sign | (exponent << np.uint32(10)) | ((bits >> np.uint32(13)) & np.uint32(0x3FF))

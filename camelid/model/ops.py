@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from camelid.cpu import simd
-from camelid.cpu.ggml_math import f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
+from camelid.cpu.ggml_math import f16_bits, f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
 
 U = np.uint64
 
@@ -96,11 +96,34 @@ def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
     or below -10 the result is 0, at or above 10 the gate passes unchanged.
     """
     gate_up = np.ascontiguousarray(gate_up, dtype=np.float32)
-    m = gate_up.shape[1] // 2
-    gate, up = gate_up[:, :m], gate_up[:, m:]  # (n, n_ff) each
-    g = _gelu_table()[gate.astype(np.float16).view(np.uint16)]
-    g = np.where(gate <= -10.0, np.float32(0.0), np.where(gate >= 10.0, gate, g))
-    return g * up
+    out = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), np.float32)
+    _gelu_mul(gate_up, _gelu_table(), out)
+    return out
+
+
+@njit(cache=True, boundscheck=False)
+def _gelu_mul(gate_up, table, out):
+    n, m = out.shape
+    for t in range(n):
+        for i in range(m):
+            x = gate_up[t, i]
+            if x <= np.float32(-10.0):
+                g = np.float32(0.0)
+            elif x >= np.float32(10.0) or x != x:
+                g = x
+            else:
+                g = table[f16_bits(x)]
+            out[t, i] = g * gate_up[t, m + i]
+
+
+@njit(cache=True, boundscheck=False)
+def _angles(positions, theta_scale, out):
+    """out[t, i] = positions[t] * theta_scale^i, by repeated float32 multiplication."""
+    for t in range(out.shape[0]):
+        theta = positions[t]
+        for i in range(out.shape[1]):
+            out[t, i] = theta
+            theta = theta * theta_scale
 
 
 class Rope:
@@ -133,12 +156,8 @@ class Rope:
 
     def angles(self, positions: np.ndarray) -> np.ndarray:
         """(n,) positions -> (n, rope_dim/2) float32 angles."""
-        half = self.rope_dim // 2
-        theta = positions.astype(np.float32)
-        out = np.empty((len(positions), half), dtype=np.float32)
-        for i in range(half):
-            out[:, i] = theta
-            theta = theta * self.theta_scale
+        out = np.empty((len(positions), self.rope_dim // 2), dtype=np.float32)
+        _angles(positions.astype(np.float32), self.theta_scale, out)
         if self.freq_factors is not None:
             out /= self.freq_factors[None, :]
         return out * self.freq_scale
