@@ -1,14 +1,13 @@
-"""The pre-tokenizer table of a llama.cpp source tree, read from src/llama-vocab.cpp.
+"""The pre-tokenizer table of llama.cpp, read from the text of its src/llama-vocab.cpp.
 
-Used by an optional check (LLAMA_CPP_SOURCE=path/to/llama.cpp) that camelid's table names every
-tokenizer.ggml.pre of that llama.cpp with the same regexes and flags. `pre_tokenizers(root)` maps
-each name to its LLAMA_VOCAB_PRE_TYPE_*, the flags the name sets and the type's regex_exprs.
+Used by the check that camelid's table names every tokenizer.ggml.pre of the oracle's llama.cpp with
+the same regexes and flags. `pre_tokenizers(src)` maps each name to its LLAMA_VOCAB_PRE_TYPE_*, the
+flags the name sets and the type's regex_exprs.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 _ESCAPES = {"\\": "\\", '"': '"', "r": "\r", "n": "\n", "t": "\t", "'": "'"}
 _FLAGS = ("ignore_merges", "add_bos", "clean_spaces", "escape_whitespaces")
@@ -35,9 +34,9 @@ def _type_regexes(src: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     return types
 
 
-def pre_tokenizers(root: Path) -> dict[str, dict]:
-    """tokenizer.ggml.pre name -> {"type", "regexes", "byte_encode", "has_bos", and each of _FLAGS}."""
-    src = (Path(root) / "src" / "llama-vocab.cpp").read_text(encoding="utf-8")
+def pre_tokenizers(src: str) -> dict[str, dict]:
+    """src/llama-vocab.cpp's text -> {tokenizer.ggml.pre name: {"type", "regexes", "byte_encode",
+    "has_bos", and each of _FLAGS}}."""
     types = _type_regexes(src)
     start = src.index('} else if (tokenizer_pre == "default") {')
     chain = src[start:src.index("unknown pre-tokenizer type", start)]

@@ -7,13 +7,12 @@ Oracles:
   name it knows, each written into a copy of a real vocabulary (qwen2's byte-level one; Gemma 4's for
   the names that merge raw text), over the multilingual corpus tests/data/multilingual.txt and seeded
   random strings of hard characters: token ids, BOS, end-of-generation ids and detokenized bytes.
-- With LLAMA_CPP_SOURCE set to a llama.cpp tree, its src/llama-vocab.cpp: names, regexes and flags.
+- The oracle's own src/llama-vocab.cpp (tests/oracle/source.py): names, regexes and flags.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import random
 import re
 from pathlib import Path
@@ -168,12 +167,10 @@ def test_camelid_knows_every_llama_cpp_pre_tokenizer():
 
 
 def test_table_matches_llama_cpp_source():
-    root = os.environ.get("LLAMA_CPP_SOURCE")
-    if not root:
-        pytest.skip("set LLAMA_CPP_SOURCE to a llama.cpp source tree to compare the table with its llama-vocab.cpp")
     from llama_cpp_source import pre_tokenizers
+    from oracle.source import llama_cpp_text
 
-    source = pre_tokenizers(Path(root))
+    source = pre_tokenizers(llama_cpp_text("src/llama-vocab.cpp"))
     assert sorted(source) == sorted(LLAMA_CPP_PRE_NAMES)
     for name, entry in source.items():
         pre = PRE_TOKENIZERS[name]

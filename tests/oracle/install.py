@@ -11,7 +11,8 @@ install whatever flavour was built first. So this script chooses the flags from 
 - on other architectures, ggml's native build (there is no AMX to avoid).
 
 AMX is always off. Each flag set's wheel is built once (about 5 minutes on 2 cores) and kept in
-~/.cache/camelid/oracle/<version>-<flag set>/; installing a kept wheel takes seconds. Run it as
+~/.cache/camelid/oracle/<version>-<flag set>/; installing a kept wheel takes seconds. The source
+distribution is kept beside them (tests read llama.cpp's own files from it: tests/oracle/source.py). Run it as
 `python tests/oracle/install.py`; `--print` only prints the flag set and CMake arguments.
 """
 
@@ -64,9 +65,27 @@ def choose(flags: set[str], machine: str | None = None) -> tuple[str, list[str]]
     return name, _ALWAYS + args
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "camelid" / "oracle"
+
+
 def cache_dir(name: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "camelid" / "oracle" / f"{VERSION}-{name}"
+    return cache_root() / f"{VERSION}-{name}"
+
+
+def sdist_path() -> Path:
+    return cache_root() / f"llama_cpp_python-{VERSION}.tar.gz"
+
+
+def ensure_sdist() -> Path:
+    """llama-cpp-python's source distribution (llama.cpp under vendor/llama.cpp), downloaded once."""
+    path = sdist_path()
+    if not path.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            pip("download", "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={VERSION}", "-d", tmp)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(next(Path(tmp).glob("llama_cpp_python-*")), path)
+    return path
 
 
 def installed_from() -> str | None:
@@ -85,12 +104,9 @@ def pip(*args: str, env: dict | None = None) -> None:
 def build_wheel(directory: Path, cmake_args: list[str]) -> Path:
     """Compile the wheel into directory. pip's own wheel cache is bypassed: it keys on the source,
     not on CMAKE_ARGS, and would hand back another flag set's build."""
-    with tempfile.TemporaryDirectory() as tmp:
-        pip("download", "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={VERSION}", "-d", tmp)
-        sdist = next(Path(tmp).glob("llama_cpp_python-*"))
-        env = dict(os.environ, CMAKE_ARGS=" ".join(cmake_args), CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
-        env.pop("FORCE_CMAKE", None)
-        pip("wheel", "--no-deps", "--no-cache-dir", "-w", str(directory), str(sdist), env=env)
+    env = dict(os.environ, CMAKE_ARGS=" ".join(cmake_args), CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
+    env.pop("FORCE_CMAKE", None)
+    pip("wheel", "--no-deps", "--no-cache-dir", "-w", str(directory), str(ensure_sdist()), env=env)
     return next(directory.glob("llama_cpp_python-*.whl"))
 
 
@@ -99,6 +115,7 @@ def main(argv: list[str]) -> int:
     print(f"llama.cpp oracle: flag set {name}: CMAKE_ARGS={' '.join(cmake_args)}", flush=True)
     if "--print" in argv:
         return 0
+    print(f"llama.cpp oracle: source {ensure_sdist()}", flush=True)
     directory = cache_dir(name)
     wheel = next(directory.glob("llama_cpp_python-*.whl"), None)
     if wheel is None:
