@@ -150,18 +150,6 @@ def test_unsupported_architecture_names_the_supported_ones():
     assert set(SUPPORTED_ARCHITECTURES) >= {"llama", "qwen2", "qwen3", "gemma3", "phi3"}
 
 
-def test_chat_template_gets_enable_thinking():
-    from camelid.chat.template import ChatTemplate
-
-    # the branch Qwen3's template takes on enable_thinking (written here, not Qwen's file)
-    t = ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and "
-                     "enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
-    messages = [{"role": "user", "content": "hi"}]
-    assert t.render(messages).endswith("<|im_start|>assistant\n")
-    assert t.render(messages, enable_thinking=False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-
-
 def test_llama_cpp_teacher_forced_and_greedy(arch_case):
     arch, _, files = arch_case
     if arch == "mistral":
@@ -182,6 +170,19 @@ def test_llama_cpp_teacher_forced_and_greedy(arch_case):
             assert_logits_match(ours, ref, f"{arch} {outtype} prompt {i}, teacher-forced", tiny=True)
             ref_greedy, ref_logits = llm.greedy(prompt, N_GREEDY)
             assert_greedy_matches(camelid_greedy(m, prompt, N_GREEDY), ref_greedy, ref_logits, f"{arch} {outtype} prompt {i}")
+
+
+@pytest.mark.parametrize("ftype_name, ftype", [("Q4_K_M", 15), ("Q5_0", 8)])
+def test_quantize_writes_llama_quantizes_file(arch_case, tmp_path, ftype_name, ftype):
+    """`camelid quantize` of the converted F32 file: byte for byte llama.cpp's llama_model_quantize (rows
+    of 64 take Q4_K_M's fallbacks; the norms, fused tensors and rope_freqs keep their types)."""
+    from camelid.cli.main import main as camelid_main
+
+    arch, _, files = arch_case
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    assert camelid_main(["quantize", "--quiet", str(files["f32"]), str(ours), ftype_name]) == 0
+    oracle.quantize(files["f32"], ref, ftype)
+    assert ours.read_bytes() == ref.read_bytes(), f"{arch} {ftype_name}"
 
 
 def test_f32_matches_transformers(arch_case, spm_dir):

@@ -183,6 +183,22 @@ _SAMPLE_CONVERSATIONS = (
 )
 
 
+_RENDER_ARGUMENTS = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+
+
+def check_template_variables(value: Any, what: str = "the chat template kwargs") -> dict[str, Any]:
+    """value as extra chat-template variables: a mapping of names to JSON values, none of them one
+    that render() sets itself. CamelidError otherwise."""
+    if not isinstance(value, Mapping):
+        raise CamelidError(f"{what} must be a JSON object such as {{\"enable_thinking\": false}}, not {type(value).__name__}.")
+    for key in value:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise CamelidError(f"{what}: {key!r} is not a template variable name.")
+        if key in _RENDER_ARGUMENTS:
+            raise CamelidError(f"{what}: {key!r} is set by camelid itself and cannot be given.")
+    return dict(value)
+
+
 class ChatTemplate:
     """A compiled chat template: `render(messages)` gives the prompt text for a conversation.
 
@@ -190,11 +206,13 @@ class ChatTemplate:
     strings the template may insert; name says where it came from in error messages, origin (e.g.
     "the chat template in model.gguf") in the message of a render stopped for overrunning its budget.
     A syntax error raises CamelidError at construction, a render error (including the template's own
-    raise_exception, sandbox violations and budget overruns) at render.
+    raise_exception, sandbox violations and budget overruns) at render. `variables` are passed to every
+    render (llama.cpp's --chat-template-kwargs, e.g. {"enable_thinking": False} for Qwen3).
     """
 
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", name: str = "custom",
                  stop_strings: Sequence[str] | None = None, origin: str | None = None):
+        self.variables: dict[str, Any] = {}
         if not isinstance(source, str) or not source.strip():
             raise CamelidError(f"chat template {name!r} is empty; give Jinja source or one of {', '.join(BUILTIN_TEMPLATES)}.")
         self.source = source
@@ -218,14 +236,15 @@ class ChatTemplate:
         """The prompt text for messages ([{"role": "system"|"user"|"assistant", "content": str}, ...]).
 
         With add_generation_prompt the text ends where the assistant's reply begins. `variables` are
-        passed to the template as they are, e.g. enable_thinking=False for Qwen3's template.
+        passed to the template as they are, e.g. enable_thinking=False for Qwen3's template, over
+        the template's own `self.variables`.
         """
         checked = _check_messages(messages)
         with render_budget():
             try:
                 return self._template.render(
                     messages=checked, add_generation_prompt=bool(add_generation_prompt),
-                    **{"tools": None, "documents": None, **variables},
+                    **{"tools": None, "documents": None, **self.variables, **variables},
                     bos_token=self.bos_token, eos_token=self.eos_token,
                 )
             except OverBudget as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camelid.cli.options import add_model_options, add_sampling_options, sampling_from_args
+from camelid.cli.options import add_model_options, add_sampling_options, add_template_options, sampling_from_args
 
 PROMPT = ">>> "
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
     )
     add_model_options(p, None)
     p.add_argument("--system", "-sys", help="system prompt")
-    p.add_argument("--chat-template", help="override the file's chat template: chatml, llama2, alpaca, or Jinja source")
+    add_template_options(p)
     p.add_argument("--load", metavar="FILE", help="continue a chat saved with /save")
     p.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=1024, help="most tokens per reply (default: %(default)s)")
     add_sampling_options(p)
@@ -69,6 +69,7 @@ def chat(args: argparse.Namespace) -> int:
     if args.load:
         read_chat(args.load)  # a wrong file fails before the model loads
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template)
+    model.template.variables.update(args.chat_template_kwargs)
     session = model.chat(system=args.system, max_tokens=args.n_predict, **sampling)
     if args.load:
         print(run_command(session, "/load " + args.load).text)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 
+from camelid.chat.template import check_template_variables
+from camelid.errors import CamelidError
 from camelid.sampling import SamplingParams
 
 
@@ -13,6 +16,24 @@ def add_model_options(p: argparse.ArgumentParser, default_ctx: int | None) -> No
                    help="as llama.cpp's -hf: the model of a Hugging Face GGUF repository, pulled if missing (same as -m hf.co/USER/REPO)")
     p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=default_ctx, metavar="N",
                    help="context size in tokens" + (f" (default: {default_ctx})" if default_ctx else " (default: min(4096, the model's))"))
+
+
+def add_template_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-template", help="override the file's chat template: chatml, llama2, alpaca, or Jinja source")
+    p.add_argument("--chat-template-kwargs", metavar="JSON", type=template_kwargs, default={},
+                   help="""extra variables for the chat template, as llama.cpp's: '{"enable_thinking": false}' turns off Qwen3's thinking""")
+
+
+def template_kwargs(value: str) -> dict:
+    """--chat-template-kwargs: a JSON object of template variables."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at character {e.pos}): {value!r}") from None
+    try:
+        return check_template_variables(parsed, "the value")
+    except CamelidError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def hf_repo(value: str) -> str:

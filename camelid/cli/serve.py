@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from camelid.cli.options import hf_repo
+from camelid.cli.options import add_template_options, hf_repo
 from camelid.errors import CamelidError
 from camelid.server.limits import Limits
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("-np", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
                    help="requests generated at once, each with its own KV cache; more wait in a queue (default: %(default)s)")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="kernel threads (default: the physical cores)")
-    p.add_argument("--chat-template", help="override the file's chat template: chatml, llama2, alpaca, or Jinja source")
+    add_template_options(p)
     p.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                    help=f"where the web page stores its conversations (default: {default_data_dir()})")
     limits = p.add_argument_group("limits on each request")
@@ -122,6 +122,7 @@ def serve(args: argparse.Namespace) -> int:
 
     hosts = HostCheck.for_address(host, port, args.allowed_host)
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
+    model.template.variables.update(args.chat_template_kwargs)
     app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits)
     shown = f"[{host}]" if ":" in host else host
     print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "

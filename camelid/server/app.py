@@ -147,9 +147,9 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         check_text_size(text, param)
         return tok.encode(text, add_special=add_special, parse_special=True)
 
-    def chat_prompt(messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(messages: list[dict[str, str]], variables: dict) -> list[int]:
         """The conversation rendered with the model's chat template and tokenized, as ChatSession does."""
-        text = model.template.render(messages, add_generation_prompt=True)
+        text = model.template.render(messages, add_generation_prompt=True, **variables)
         check_text_size(text, "messages")
         return model.tokenize_chat(text)
 
@@ -300,7 +300,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         check_model(body.model)
         body.sampling()
         top_logprobs = body.top_logprobs_count()
-        prompt = await asyncio.to_thread(chat_prompt, body.plain_messages())
+        prompt = await asyncio.to_thread(chat_prompt, body.plain_messages(), body.template_variables())
         check_room(prompt, body.token_limit(), "messages")
         metrics.count_request("/v1/chat/completions")
         job = submit(prompt, body, body.token_limit(), model.template.stop_strings + body.stop_strings(), top_logprobs, deadline)

@@ -13,6 +13,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from camelid.chat.template import check_template_variables
 from camelid.errors import CamelidError
 from camelid.sampling import SamplingParams
 
@@ -108,6 +109,14 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description='extra chat-template variables for this request, as llama-server\'s: {"enable_thinking": false}')
+
+    def template_variables(self) -> dict[str, Any]:
+        try:
+            return check_template_variables(self.chat_template_kwargs or {}, "chat_template_kwargs")
+        except CamelidError as e:
+            raise InvalidParam("chat_template_kwargs", str(e)) from None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
