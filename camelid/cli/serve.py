@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from camelid.cli.options import add_template_options, hf_repo
@@ -110,8 +112,6 @@ def serve(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
 
-    import asyncio
-
     import uvicorn
 
     import camelid
@@ -123,7 +123,8 @@ def serve(args: argparse.Namespace) -> int:
     hosts = HostCheck.for_address(host, port, args.allowed_host)
     model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
     model.template.variables.update(args.chat_template_kwargs)
-    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits)
+    app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits,
+                     worker_thread=False)
     shown = f"[{host}]" if ":" in host else host
     print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "
           f"(OpenAI API at http://{shown}:{port}/v1, {args.parallel} slots of {model.n_ctx} tokens, data in {data_dir})",
@@ -134,17 +135,30 @@ def serve(args: argparse.Namespace) -> int:
     if hosts.disabled:
         print("camelid: warning: --allowed-host '*' answers any Host header: a web page can reach this server through "
               "DNS rebinding and read the conversations.", file=sys.stderr, flush=True)
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            # Ctrl+C / SIGTERM: end running generations first, so their streams close with an error
-            # message instead of waiting out the graceful-shutdown timeout.
-            try:
-                asyncio.get_running_loop().call_soon_threadsafe(app.state.scheduler.drain)
-            except RuntimeError:  # no event loop yet
-                pass
-            super().handle_exit(sig, frame)
-
     protocol = stall_guarded(AutoHTTPProtocol, limits.stall_timeout, app.state.metrics.count_stalled)
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5, http=protocol)
-    Server(config).run(sockets=[sock])
+    _serve_with_worker_on_main_thread(uvicorn.Server(config), sock, app.state.scheduler)
     return 0
+
+
+def _serve_with_worker_on_main_thread(server, sock, scheduler) -> None:
+    """HTTP on a background thread, generation on this (main) thread, which loaded the model (see
+    camelid.server.slots). Ctrl+C / SIGTERM ends running generations first, so their streams close
+    with an error message instead of waiting out the graceful-shutdown timeout, then stops uvicorn."""
+
+    def http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            scheduler.drain()  # uvicorn ended (or failed to start): the worker loop returns
+
+    def on_signal(sig, frame) -> None:
+        scheduler.drain()
+        server.handle_exit(sig, frame)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    thread = threading.Thread(target=http, name="camelid-http", daemon=True)
+    thread.start()
+    scheduler.run()
+    thread.join()

@@ -94,7 +94,7 @@ def _sse(obj) -> str:
 
 
 def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir: str | os.PathLike | None = None,
-               hosts: HostCheck | None = None, limits: Limits | None = None) -> FastAPI:
+               hosts: HostCheck | None = None, limits: Limits | None = None, worker_thread: bool = True) -> FastAPI:
     """The FastAPI app serving `model` (a camelid Model) with n_slots parallel KV caches.
 
     api_key, when set, is required on the API routes; data_dir, when set, is where the web chat page
@@ -102,6 +102,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     answered (default: the loopback names on any port; see HostCheck.for_address). limits caps each
     request (default: Limits()); its stall_timeout needs uvicorn to run with
     camelid.server.limits.stall_guarded(...) as its http protocol, as `camelid serve` does.
+    With worker_thread the app's startup runs the generation worker on a thread of its own; without,
+    the caller runs `app.state.scheduler.run()` itself (`camelid serve` does, on the main thread).
     """
     limits = limits or Limits()
     limits.check()
@@ -116,7 +118,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler.start()
+        if worker_thread:
+            scheduler.start()
         yield
         await asyncio.to_thread(scheduler.stop)
 

@@ -1,6 +1,10 @@
 """Serving many requests on one model: --parallel slots, each with its own KV cache, one worker thread.
 
-The worker thread owns the network. Each turn it advances every busy slot by one step of that slot's
+The worker thread owns the network. `camelid serve` makes it the main thread, the one that loaded the
+model (`run()`), and serves HTTP from another: Numba's OpenMP layer keeps one thread team per thread
+that starts parallel kernels, and with two teams on few cores libgomp stops spinning at its barriers,
+which made every kernel launch a futex round trip (a 4-layer model generated at 0.4-0.7x its speed).
+`start()` runs it on a thread of its own instead, for embedding the app elsewhere. Each turn it advances every busy slot by one step of that slot's
 camelid.generate.stream_generate (about one token; a prompt longer than one batch is processed one
 512-token batch per turn first), round-robin, so all clients progress and the event loop stays free.
 A new request goes to the free slot whose cache shares the longest prefix with its prompt (the next
@@ -170,7 +174,8 @@ class Scheduler:
     # ---- the asyncio side ----
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="camelid-slots", daemon=True)
+        """Run the worker loop (`run`) on a new daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="camelid-slots", daemon=True)
         self._thread.start()
 
     def drain(self) -> None:
@@ -218,7 +223,8 @@ class Scheduler:
 
     # ---- the worker thread ----
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The worker loop, on the calling thread: returns once drain() was called and no slot is busy."""
         set_threads(self._n_threads)
         while True:
             with self._cond:
