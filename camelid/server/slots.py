@@ -1,10 +1,12 @@
 """Serving many requests on one model: --parallel slots, each with its own KV cache, one worker thread.
 
-The worker thread owns the network. `camelid serve` makes it the main thread, the one that loaded the
-model (`run()`), and serves HTTP from another: Numba's OpenMP layer keeps one thread team per thread
-that starts parallel kernels, and with two teams on few cores libgomp stops spinning at its barriers,
-which made every kernel launch a futex round trip (a 4-layer model generated at 0.4-0.7x its speed).
-`start()` runs it on a thread of its own instead, for embedding the app elsewhere. Each turn it advances every busy slot by one step of that slot's
+The worker thread owns the network. `camelid serve` runs it on the main thread, the one that loaded
+the model (`run()`), and serves HTTP from another: Numba's OpenMP layer keeps a thread team for each
+thread that starts parallel kernels, and generating from a second thread ran at 0.6-0.7x the speed
+(consistent with libgomp spinning less at its barriers once it manages more threads than there are
+CPUs). `start()` runs the loop on a thread of its own instead, for embedding the app elsewhere.
+
+Each turn the worker advances every busy slot by one step of that slot's
 camelid.generate.stream_generate (about one token; a prompt longer than one batch is processed one
 512-token batch per turn first), round-robin, so all clients progress and the event loop stays free.
 A new request goes to the free slot whose cache shares the longest prefix with its prompt (the next
