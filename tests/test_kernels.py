@@ -106,7 +106,7 @@ def check(ggml, t, n_out: int, n_in: int, n_tok: int, name: str, repack: bool, s
 
 
 _CROSS_CASES = [(T.Q4_0, "blk.0.ffn_up.weight"), (T.Q4_0, "token_embd.weight"), (T.Q4_1, "x"), (T.Q5_0, "x"),
-                (T.Q5_1, "x"), (T.Q4_K, "blk.0.ffn_up.weight"), (T.Q4_K, "token_embd.weight"), (T.Q5_K, "x"), (T.Q6_K, "x")]
+                (T.Q5_1, "x"), (T.Q8_0, "x"), (T.Q4_K, "blk.0.ffn_up.weight"), (T.Q4_K, "token_embd.weight"), (T.Q5_K, "x"), (T.Q6_K, "x")]
 
 
 def cross_products() -> list[np.ndarray]:
@@ -120,17 +120,22 @@ def cross_products() -> list[np.ndarray]:
     return outs
 
 
-@pytest.mark.parametrize("simd_path", ["avx2", "avx512bw"])
-def test_integer_dots_without_vnni_equal_the_checked_kernels(simd_path, tmp_path):
-    # CPUs without AVX-512 VNNI build the same integer sums from vpmaddubsw/vpmaddwd; this machine
-    # runs those instructions too, in a process that is made to choose them, and every output must
-    # equal the kernels checked against ggml above.
+@pytest.mark.parametrize("simd_path", ["avx2", "avx512bw", "none"])
+def test_other_simd_paths_equal_the_checked_kernels(simd_path, tmp_path):
+    # Every path builds the same integer sums: vpdpbusd (VNNI), vpmaddubsw/vpmaddwd (AVX-512BW, AVX2;
+    # Q8_0 with the sign trick), or float32 arithmetic on exact integers ("none"). Each other path
+    # this CPU can run, in a process made to choose it, must give this process's outputs bit for bit.
+    from llvmlite import binding
+
     from camelid.cpu import simd
 
-    if simd.INT8_DOT not in ("vnni", "avx512bw"):
-        pytest.skip("needs a CPU with AVX-512")
+    if simd_path == (simd.INT8_DOT or "none"):
+        pytest.skip("this process's own path")
+    features = binding.get_host_cpu_features()
+    if not all(features.get(f, False) for f in simd._NEEDS.get(simd_path, ())):
+        pytest.skip(f"this CPU cannot run the {simd_path} instructions")
     script = "import sys, numpy as np; sys.path.insert(0, %r); from test_kernels import cross_products; " \
-             "from camelid.cpu import simd; assert simd.INT8_DOT == %r; np.savez(%r, *cross_products())" % (
+             "from camelid.cpu import simd; assert (simd.INT8_DOT or 'none') == %r; np.savez(%r, *cross_products())" % (
                  os.path.dirname(__file__), simd_path, str(tmp_path / "out.npz"))
     env = dict(os.environ, CAMELID_SIMD=simd_path)  # camelid.compile_cache gives the path its own Numba cache
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
