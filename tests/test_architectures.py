@@ -172,6 +172,28 @@ def test_llama_cpp_teacher_forced_and_greedy(arch_case):
             assert_greedy_matches(camelid_greedy(m, prompt, N_GREEDY), ref_greedy, ref_logits, f"{arch} {outtype} prompt {i}")
 
 
+def test_batched_decode_equals_each_sequence_alone(arch_case):
+    """LlamaModel.decode of three sequences at different positions (past the sliding window) gives
+    each one's logits bit for bit as forward() of that sequence alone, step after step."""
+    arch, _, files = arch_case
+    for outtype, path in files.items():
+        m = _load(path)
+        net = m.network
+        prompts = [m.tokenize(text) for text in TEXTS]
+        batched, alone = [m.new_cache() for _ in prompts], [m.new_cache() for _ in prompts]
+        next_tokens = []
+        for prompt, cache_b, cache_a in zip(prompts, batched, alone):
+            net.forward(prompt, cache_b)
+            next_tokens.append(int(net.forward(prompt, cache_a, last_only=True)[-1].argmax()))
+        for step in range(6):
+            logits = net.decode(next_tokens, batched)
+            for i, cache in enumerate(alone):
+                own = net.forward([next_tokens[i]], cache)[0]
+                assert np.array_equal(logits[i].view(np.uint32), own.view(np.uint32)), f"{arch} {outtype} sequence {i} step {step}"
+            assert [c.tokens for c in batched] == [c.tokens for c in alone]
+            next_tokens = [int(row.argmax()) for row in logits]
+
+
 @pytest.mark.parametrize("ftype_name, ftype", [("Q4_K_M", 15), ("Q5_0", 8)])
 def test_quantize_writes_llama_quantizes_file(arch_case, tmp_path, ftype_name, ftype):
     """`camelid quantize` of the converted F32 file: byte for byte llama.cpp's llama_model_quantize (rows

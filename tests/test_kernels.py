@@ -389,3 +389,19 @@ def test_attention_matches_ggml(ggml, d, n_head, n_head_kv, n, start):
     # where the float64 one does not; the scores' own float32 error is far below that
     bound = 2.0**-9 * mag + 2.0**-120
     compare(attention(q, k, v, start), ggml, lambda: ggml.attention(q, k, v, start, n_kv), ref, bound, "attention")
+
+
+_SINGLE_ROW_CASES = [*((t, "x") for t in QUANT + FLOAT), (T.Q4_0, "blk.0.ffn_up.weight"), (T.Q4_K, "blk.0.ffn_up.weight")]
+
+
+@pytest.mark.parametrize("t, name", _SINGLE_ROW_CASES, ids=lambda c: getattr(c, "name", c))
+def test_single_rows_give_each_row_its_one_token_product(kernel_path, t, name):
+    """matmul(x, single_rows=True): each row bit for bit as that row alone (a batched decoding step
+    of several sequences relies on it), where a 9-row batch takes tinyBLAS, the tiled or gemm path."""
+    rng = np.random.default_rng(int(t))
+    n_in = 512 if t in QUANT[:5] or t in FLOAT else 768
+    w = QTensor(name, t, (72, n_in), random_weights(t, 72, n_in, rng))
+    x = activations(9, n_in, rng)
+    rows = w.matmul(x, single_rows=True)
+    for i in range(len(x)):
+        assert np.array_equal(bits(rows[i]), bits(w.matmul(x[i:i + 1])[0])), f"{t.name} row {i}"

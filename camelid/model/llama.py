@@ -168,29 +168,60 @@ class LlamaModel:
 
         Returns logits (n, n_vocab) float32, or (1, n_vocab) for the last token when last_only.
         """
-        c = self.config
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = self._check_tokens(tokens)
         n = len(tokens)
-        start = cache.n_past
-        if start + n > cache.n_ctx:
-            raise CamelidError(f"{start + n} tokens do not fit in the context of {cache.n_ctx}; use a larger context (-c) or a shorter prompt.")
-        if n and (tokens.min() < 0 or tokens.max() >= self.n_vocab):
-            raise CamelidError(f"token id out of range 0..{self.n_vocab - 1}.")
+        if cache.n_past + n > cache.n_ctx:
+            raise CamelidError(f"{cache.n_past + n} tokens do not fit in the context of {cache.n_ctx}; use a larger context (-c) or a shorter prompt.")
         if n > UBATCH:
             # llama.cpp evaluates a long prompt in batches of n_ubatch tokens, and its kernels round
             # differently for different batch sizes (tinyBLAS or vec_dot, tiled or not, gemm or gemv)
             parts = [self.forward(tokens[i:i + UBATCH], cache, last_only=last_only)
                      for i in range(0, n, UBATCH)]
             return parts[-1] if last_only else np.concatenate(parts)
-        positions = np.arange(start, start + n)
+        return self._run(tokens, [cache], last_only=last_only, single_rows=False)
+
+    def decode(self, tokens, caches: list[KVCache]) -> np.ndarray:
+        """One step of several sequences in one pass: tokens[i] (one per sequence) at position
+        caches[i].n_past, appended to caches[i]. Returns logits (n_seq, n_vocab) float32.
+
+        Row i equals forward([tokens[i]], caches[i]) bit for bit, whatever the other rows: every
+        product computes each row as llama.cpp computes a one-token batch (QTensor.matmul's
+        single_rows), and each sequence attends to its own cache. The weights are read once for all
+        rows, which is what makes a step of eight sequences cost little more than a step of one.
+        """
+        tokens = self._check_tokens(tokens)
+        if len(tokens) != len(caches) or len({id(c) for c in caches}) != len(caches):
+            raise ValueError(f"decode: {len(tokens)} tokens for {len(caches)} caches; give one token per distinct cache")
+        if len({c.n_ctx for c in caches}) > 1:
+            raise ValueError("decode: the caches differ in size (their RoPE may differ); give caches of one size")
+        for cache in caches:
+            if cache.n_free < 1:
+                raise CamelidError(f"{cache.n_past + 1} tokens do not fit in the context of {cache.n_ctx}; use a larger context (-c).")
+        return self._run(tokens, caches, last_only=False, single_rows=True)
+
+    def _check_tokens(self, tokens) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.n_vocab):
+            raise CamelidError(f"token id out of range 0..{self.n_vocab - 1}.")
+        return tokens
+
+    def _run(self, tokens: np.ndarray, caches: list[KVCache], last_only: bool, single_rows: bool) -> np.ndarray:
+        """The forward pass of `tokens`: all of them for caches[0] (one cache), or one for each cache
+        (several). Appends each cache's tokens to it; returns logits (n, n_vocab), or the last row's."""
+        c = self.config
+        n = len(tokens)
+        # the rows of each cache: (cache, first row, position of the first row)
+        spans = [(caches[0], 0, caches[0].n_past)] if len(caches) == 1 else [(cache, i, cache.n_past) for i, cache in enumerate(caches)]
+        rows_per = n if len(caches) == 1 else 1
+        positions = np.concatenate([np.arange(start, start + rows_per) for _, _, start in spans])  # (n,)
         x = self.token_embd.get_rows(tokens)  # (n, n_embd)
         if c.embd_scale != 1.0:
             x = x * np.float32(c.embd_scale)
         activation = gelu_mul if c.ffn_gelu else silu_mul
-        ropes = self.ropes_for(cache.n_ctx)
+        ropes = self.ropes_for(caches[0].n_ctx)
         for layer, b in enumerate(self.blocks):
             h = rms_norm(x, b.attn_norm, c.rms_eps)
-            q, k, v = b.attn_qkv.matmul(h)  # (n, n_head * head_dim), (n, n_head_kv * head_dim) x 2
+            q, k, v = b.attn_qkv.matmul(h, single_rows)  # (n, n_head * head_dim), (n, n_head_kv * head_dim) x 2
             if b.attn_q_bias is not None:
                 q += b.attn_q_bias
                 k += b.attn_k_bias
@@ -203,24 +234,29 @@ class LlamaModel:
             k = rope.apply(k.reshape(n, c.n_head_kv, c.head_dim), positions)
             if c.q_scale:
                 q *= np.float32(c.q_scale)
-            cache.store(layer, start, k, v.reshape(n, c.n_head_kv, c.head_dim))
-            end = start + n
+            v = v.reshape(n, c.n_head_kv, c.head_dim)
             window = c.sliding_window if c.swa_layers and c.swa_layers[layer] else 0
-            att = attention(q, cache.k[layer, :end], cache.v[layer, :end], start,
-                            scale=1.0 if c.q_scale else None, window=window)  # (n, n_head * head_dim)
-            y = b.attn_output.matmul(att)  # (n, n_embd)
+            att = np.empty((n, c.n_head * c.head_dim), np.float32)
+            for cache, row, start in spans:
+                rows = slice(row, row + rows_per)
+                cache.store(layer, start, k[rows], v[rows])
+                end = start + rows_per
+                att[rows] = attention(q[rows], cache.k[layer, :end], cache.v[layer, :end], start,
+                                      scale=1.0 if c.q_scale else None, window=window)  # (rows, n_head * head_dim)
+            y = b.attn_output.matmul(att, single_rows)  # (n, n_embd)
             if b.attn_post_norm is not None:
                 y = rms_norm(y, b.attn_post_norm, c.rms_eps)
             x = x + y
             if last_only and layer == c.n_layer - 1:
                 x = x[-1:]  # as llama.cpp: the last feed-forward runs on the output rows only
             h = rms_norm(x, b.ffn_norm, c.rms_eps)
-            y = b.ffn_down.matmul(activation(b.ffn_gate_up.matmul_joined(h)))
+            y = b.ffn_down.matmul(activation(b.ffn_gate_up.matmul_joined(h, single_rows)), single_rows)
             if b.ffn_post_norm is not None:
                 y = rms_norm(y, b.ffn_post_norm, c.rms_eps)
             x = x + y
-        cache.tokens.extend(int(t) for t in tokens)
-        logits = self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps))  # (n, n_vocab)
+        for cache, row, _ in spans:
+            cache.tokens.extend(int(t) for t in tokens[row:row + rows_per])
+        logits = self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps), single_rows)  # (n, n_vocab)
         if c.logit_softcap:
             cap = np.float32(c.logit_softcap)
             logits = np.tanh(logits * (np.float32(1.0) / cap)) * cap

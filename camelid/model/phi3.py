@@ -31,14 +31,14 @@ class FusedRows:
     def prepare(self) -> None:
         self.w.prepare()
 
-    def matmul(self, x: np.ndarray) -> list[np.ndarray]:
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> list[np.ndarray]:
         """(n_tokens, n_in) -> [(n_tokens, size_i) float32], each C-contiguous."""
-        y = self.w.matmul(x)  # (n_tokens, sum of sizes)
+        y = self.w.matmul(x, single_rows)  # (n_tokens, sum of sizes)
         return [np.ascontiguousarray(y[:, a:b]) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
 
-    def matmul_joined(self, x: np.ndarray) -> np.ndarray:
+    def matmul_joined(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """(n_tokens, n_in) -> (n_tokens, sum of sizes) float32."""
-        return self.w.matmul(x)
+        return self.w.matmul(x, single_rows)
 
 
 class Phi3Model(LlamaModel):

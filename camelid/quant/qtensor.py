@@ -143,9 +143,10 @@ class TableKernel:
             w.kernel_data = self.build(w)
         return w.kernel_data
 
-    def __call__(self, w: "QTensor", x: np.ndarray) -> np.ndarray:
-        """x (n_tokens, n_in) -> x @ W.T (n_tokens, n_out) float32, as llama.cpp computes it."""
-        return self.prepare(w).matmul(np.ascontiguousarray(x, dtype=np.float32))
+    def __call__(self, w: "QTensor", x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tokens, n_in) -> x @ W.T (n_tokens, n_out) float32, as llama.cpp computes it (each row
+        as in a one-token batch when single_rows)."""
+        return self.prepare(w).matmul(np.ascontiguousarray(x, dtype=np.float32), single_rows)
 
 
 _TABLE_KERNEL = TableKernel()
@@ -328,19 +329,25 @@ class QTensor:
         recs = np.ascontiguousarray(self.raw[start:stop]).reshape(-1).view(self.block.dtype)
         return recs["m"].astype(np.float32).reshape(stop - start, -1)
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """x @ W.T with llama.cpp's activation rounding: (n_tokens, n_in) -> (n_tokens, n_out) float32.
 
         Uses the kernel registered for the type, else the cached float32 matrix if `cache_dequantized`
         is set, else dequantizes row tiles and calls BLAS. A 1-D x gives a 1-D result.
+
+        single_rows: compute each row exactly as llama.cpp computes a batch of that one token (its
+        kernels round differently for larger batches), so a row's result does not depend on the other
+        rows; a batched decoding step of several sequences uses it.
         """
         x = np.asarray(x, dtype=np.float32)
         vector = x.ndim == 1
         x2 = x.reshape(1, -1) if vector else x
         if x2.ndim != 2 or x2.shape[1] != self.shape[1]:
             raise ValueError(f"{self.name}: activations of shape {x.shape} do not match weights {self.shape}")
-        if (kernel := registered_kernel(self.ggml_type)) is not None:
-            y = kernel(self, x2)
+        if single_rows and len(x2) > 1 and not isinstance(registered_kernel(self.ggml_type), TableKernel):
+            y = np.concatenate([self.matmul(row[None]) for row in x2])  # a kernel or BLAS that knows only batches
+        elif (kernel := registered_kernel(self.ggml_type)) is not None:
+            y = kernel(self, x2, single_rows) if isinstance(kernel, TableKernel) else kernel(self, x2)
         elif self._cache:
             y = self._matmul_cached(x2)
         else:
@@ -420,16 +427,17 @@ class StackedMatrices:
             for p in self.parts:
                 release_mapped_pages(p.raw)
 
-    def matmul(self, x: np.ndarray) -> list[np.ndarray]:
-        """[x @ W_i.T for each part]: (n_tokens, n_in) -> (n_tokens, n_out_i) float32 arrays."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> list[np.ndarray]:
+        """[x @ W_i.T for each part]: (n_tokens, n_in) -> (n_tokens, n_out_i) float32 arrays
+        (single_rows: see QTensor.matmul)."""
         if self.packed is None:
-            return [p.matmul(x) for p in self.parts]
-        y = self.matmul_joined(x)
+            return [p.matmul(x, single_rows) for p in self.parts]
+        y = self.matmul_joined(x, single_rows)
         bounds = np.cumsum([0] + [p.shape[0] for p in self.parts])
         return [np.ascontiguousarray(y[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def matmul_joined(self, x: np.ndarray) -> np.ndarray:
+    def matmul_joined(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """The parts' products side by side: (n_tokens, n_in) -> (n_tokens, sum of n_out_i) float32."""
         if self.packed is None:
-            return np.concatenate([p.matmul(x) for p in self.parts], axis=1)
-        return self.packed.matmul(np.ascontiguousarray(x, dtype=np.float32))
+            return np.concatenate([p.matmul(x, single_rows) for p in self.parts], axis=1)
+        return self.packed.matmul(np.ascontiguousarray(x, dtype=np.float32), single_rows)

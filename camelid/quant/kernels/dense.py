@@ -218,16 +218,16 @@ class Dense:
             if self.kind == BF16:
                 self.w = np.ascontiguousarray(self.w[:, _pair_order(n_in)])
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as tinyBLAS (from 2 tokens, where the
-        shapes allow) or ggml_vec_dot_* (see the module docstring)."""
+        shapes allow, unless single_rows) or ggml_vec_dot_* (see the module docstring)."""
         n_tok = x.shape[0]
         xr = np.ascontiguousarray(fake_quantize(x, self.t), dtype=np.float32)
         if self.kind == BF16:
             xr[np.abs(xr) < _FLT_MIN] *= np.float32(0.0)  # VDPBF16PS reads subnormal inputs as zero
             xr = np.ascontiguousarray(xr[:, _pair_order(self.n_in)])
         width = 32 if self.kind == BF16 else 16
-        tiny = n_tok >= 2 and self.n_out % 4 == 0 and self.n_in % width == 0
+        tiny = n_tok >= 2 and not single_rows and self.n_out % 4 == 0 and self.n_in % width == 0
         out = np.empty((n_tok, self.n_out), np.float32)
         _mm_float(self.w, self.kind, xr, tiny, out, thread_chunks((self.n_out + 1) // 2))
         return out

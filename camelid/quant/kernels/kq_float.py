@@ -227,15 +227,14 @@ def _tiled_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_
 
 
 @njit(cache=True, boundscheck=False)
-def _repacked_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, g0, g1):
-    """GEMM (the tokens in whole groups of 4) and GEMV (the rest) for row groups g0..g1: one
+def _repacked_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, n_gemm, out, g0, g1):
+    """GEMM (the first n_gemm tokens, a multiple of 4) and GEMV (the rest) for row groups g0..g1: one
     accumulator per output and one for the mins, acc = fma(f32(s1), d_w * d_a, acc) and
     acc_min = fma(f32(s2), dmin_w * d_a, acc_min) once per 64 values (GEMM) or per super-block
     (GEMV); the result is acc - acc_min (arguments as `_vec_groups`)."""
     n_tok = aq.shape[0]
     n_sb = n_in // QK
     n_sub = 16 if kind == KIND_Q6_K else 8
-    n_gemm = n_tok - n_tok % 4
     uR = U(R)
     uin = U(n_in)
     P = np.zeros(64 * R, np.float32)  # (g * 8 + k, row)
@@ -297,12 +296,12 @@ def _mm_tiled(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, 
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_repacked(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, n_chunks):
+def _mm_repacked(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, n_gemm, out, n_chunks):
     """out (n_tok, n_out) in the GEMM / GEMV order (see `_repacked_groups`)."""
     for c in prange(n_chunks):
         g0, g1 = _chunk(c, n_chunks, n_out)
         if g0 < g1:
-            _repacked_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, g0, g1)
+            _repacked_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, n_gemm, out, g0, g1)
 
 
 class KQuantFloat:
@@ -342,26 +341,29 @@ class KQuantFloat:
             if t != T.Q6_K:
                 self.mn[g0 * n_sb * 8 * R:g1 * n_sb * 8 * R] = interleave_rows(mn.reshape(rows, n_sb * 8).astype(np.uint8), g1 - g0)
 
-    def _run(self, kernel, x: np.ndarray) -> np.ndarray:
-        """Round x (n_tok, n_in) to Q8_K with NumPy and run one of the parallel kernels on it."""
+    def _run(self, kernel, x: np.ndarray, *options) -> np.ndarray:
+        """Round x (n_tok, n_in) to Q8_K with NumPy and run one of the parallel kernels on it (options:
+        the kernel's arguments between n_in and out)."""
         n_tok = x.shape[0]
         d, q = quantize_q8_K(x)
         aq = np.ascontiguousarray(q.reshape(n_tok, self.n_in))
         abs16 = q.reshape(n_tok, -1, 16).sum(axis=2, dtype=np.int32).astype(np.float64)
         out = np.empty((n_tok, self.n_out), np.float32)
         kernel(self.q, self.p, self.nibbles, self.d, self.dmin, self.sc, self.mn, self.kind, aq,
-               np.ascontiguousarray(d, dtype=np.float32), abs16, self.n_out, self.n_in, out, thread_chunks(self.n_groups))
+               np.ascontiguousarray(d, dtype=np.float32), abs16, self.n_out, self.n_in, *options, out, thread_chunks(self.n_groups))
         return out
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's vec_dot (below 8 tokens)
-        or tiled kernel (from 8)."""
-        return self._run(_mm_tiled if x.shape[0] >= 8 else _mm_vec, x)
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's vec_dot (below 8 tokens,
+        or every row when single_rows) or tiled kernel (from 8)."""
+        return self._run(_mm_tiled if x.shape[0] >= 8 and not single_rows else _mm_vec, x)
 
 
 class KQuantFloatRepacked(KQuantFloat):
     """A Q4_K matrix that llama.cpp repacks: KQuantFloat's layout, multiplied in the GEMM / GEMV order."""
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm / gemv."""
-        return self._run(_mm_repacked, x)
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm (the tokens
+        in whole groups of 4) and gemv (the rest, or every row when single_rows)."""
+        n_tok = x.shape[0]
+        return self._run(_mm_repacked, x, 0 if single_rows else n_tok - n_tok % 4)

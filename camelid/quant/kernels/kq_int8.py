@@ -43,8 +43,9 @@ def _sum32(sums16, i):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chunks):
-    """out (n_tok * n_out): tokens in whole groups of 4 in the gemm order, the rest in the gemv order.
+def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, n_gemm, out, n_chunks):
+    """out (n_tok * n_out): the first n_gemm tokens (a multiple of 4) in the gemm order, 4 at a time,
+    the rest in the gemv order.
 
     aq (n_tok * n_in) int8 Q8_K codes, ad (n_tok * n_sb) float32 scales, sums16 (n_tok * n_sb * 16)
     int32 sums of the codes by 16.
@@ -55,7 +56,7 @@ def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_
     n_groups = (n_out + ROWS - 1) // ROWS
     per = (n_groups + n_chunks - 1) // n_chunks
     group_bytes = U(n_in // 2 * ROWS)
-    n4 = U(n_tok - n_tok % 4)
+    n4 = U(n_gemm)
     for c in prange(n_chunks):
         tmp = np.empty(ROWS, np.float32)
         for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
@@ -351,13 +352,13 @@ class KQuantInt8:
                 sc.reshape(rows, n_sb * n_sub).astype(self.sc.dtype), g1 - g0, ROWS)
         self.copies_weights = True
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's vec_dot (below 8 tokens)
-        or tiled kernel (from 8)."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's vec_dot (below 8 tokens,
+        or every row when single_rows) or tiled kernel (from 8)."""
         n_tok = x.shape[0]
         q, d, sums16 = q8_K_activations(x)
         out = np.empty((n_tok, self.n_out), np.float32)
-        kernel = _mm_tiled if n_tok >= 8 else _mm_vec
+        kernel = _mm_tiled if n_tok >= 8 and not single_rows else _mm_vec
         kernel(self.w, self.nibbles, self.kind, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in,
                n_tok, out.reshape(-1), thread_chunks(self.n_groups))
         return out
@@ -366,11 +367,13 @@ class KQuantInt8:
 class KQuantInt8Repacked(KQuantInt8):
     """A Q4_K matrix that llama.cpp repacks: KQuantInt8's layout, multiplied in the GEMM / GEMV order."""
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm / gemv."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm (the tokens
+        in whole groups of 4) and gemv (the rest, or every row when single_rows)."""
         n_tok = x.shape[0]
         q, d, sums16 = q8_K_activations(x)
         out = np.empty((n_tok, self.n_out), np.float32)
-        _mm_repacked(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok,
+        n_gemm = 0 if single_rows else n_tok - n_tok % 4
+        _mm_repacked(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok, n_gemm,
                      out.reshape(-1), thread_chunks(self.n_groups))
         return out

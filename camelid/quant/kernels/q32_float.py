@@ -270,8 +270,9 @@ class Q32Float:
         quantize_q8_0_or_1(x, self.has_min, aq, ad, s)
         return aq, ad, s
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's vec_dot order."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's vec_dot order (the
+        same arithmetic for every row whatever the batch, so single_rows changes nothing)."""
         n_tok = x.shape[0]
         out = np.empty((n_tok, self.n_out), np.float32)
         aq, ad, s = self._activations(x)
@@ -283,8 +284,9 @@ class Q32Float:
 class Q32FloatRepacked(Q32Float):
     """A Q4_0 matrix that llama.cpp repacks: Q32Float's layout, multiplied in the REPACKED order."""
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's q4_0_8x8 gemv/gemm order."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's q4_0_8x8 gemv/gemm order
+        (the same arithmetic per row in both, so single_rows changes nothing)."""
         n_tok = x.shape[0]
         out = np.empty((n_tok, self.n_out), np.float32)
         aq, ad, _ = self._activations(x)

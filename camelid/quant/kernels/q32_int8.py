@@ -244,8 +244,9 @@ class Q32Int8:
         self.n_out, self.n_in = n_out, n_in
         self.copies_weights = True
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's vec_dot order."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's vec_dot order (the
+        same arithmetic for every row whatever the batch, so single_rows changes nothing)."""
         out = np.empty((x.shape[0], self.n_out), np.float32)
         _matmul_vec(self.w, self.nibbles, self.off, self.d, self.m, self.has_min, x, self.n_out, out.reshape(-1),
                     thread_chunks(self.n_groups))
@@ -255,8 +256,9 @@ class Q32Int8:
 class Q32Int8Repacked(Q32Int8):
     """A Q4_0 matrix that llama.cpp repacks: Q32Int8's layout, multiplied in the REPACKED order."""
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's q4_0_8x8 gemv/gemm order."""
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's q4_0_8x8 gemv/gemm order
+        (the same arithmetic per row in both, so single_rows changes nothing)."""
         out = np.empty((x.shape[0], self.n_out), np.float32)
         _matmul_repacked(self.w, self.off, self.d, x, self.n_out, out.reshape(-1), thread_chunks(self.n_groups))
         return out
