@@ -99,7 +99,7 @@ def test_undo_and_retry(model):
     messages = [dict(m) for m in chat.messages]
     assert "".join(c.text for c in chat.retry()).strip() == first  # greedy: the same reply again
     assert chat.messages == messages
-    assert chat.last_stats.cached_tokens == chat.last_stats.prompt_tokens - 1  # only the last prompt token is recomputed
+    assert chat.last_stats.cached_tokens == chat.last_stats.prompt_tokens - 2  # only the last two prompt tokens are recomputed
     chat.reply("Name a fruit.")
     assert chat.undo() and chat.messages == messages
     assert chat.undo() and chat.messages == []

@@ -158,6 +158,10 @@ class LlamaModel:
                 self.forward(tokens, cache, last_only=True)
                 bar.update()
 
+    def batch_rules(self) -> set[str]:
+        """The union of the products' QTensor.batch_rules: how batch sizes change rows' arithmetic."""
+        return set().union(*(m.batch_rules() for m in self._products()))
+
     def new_cache(self, n_ctx: int) -> KVCache:
         """An empty KV cache for n_ctx positions."""
         c = self.config

@@ -31,6 +31,9 @@ class FusedRows:
     def prepare(self) -> None:
         self.w.prepare()
 
+    def batch_rules(self) -> set[str]:
+        return self.w.batch_rules()
+
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> list[np.ndarray]:
         """(n_tokens, n_in) -> [(n_tokens, size_i) float32], each C-contiguous."""
         y = self.w.matmul(x, single_rows)  # (n_tokens, sum of sizes)

@@ -329,6 +329,14 @@ class QTensor:
         recs = np.ascontiguousarray(self.raw[start:stop]).reshape(-1).view(self.block.dtype)
         return recs["m"].astype(np.float32).reshape(stop - start, -1)
 
+    def batch_rules(self) -> set[str]:
+        """How the batch a row is in decides the row's arithmetic, for the prepared kernel: "rows" (it
+        does not), "single" (one token differs from 2 or more), "tiled" (below 8 tokens differs from
+        8 or more), "gemm" (the last n % 4 rows of a batch of n differ from the others); "unknown" for
+        a kernel that does not say or a matrix not prepared yet."""
+        rule = getattr(self.kernel_data, "batch_rule", None)
+        return {rule} if rule else {"unknown"}
+
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """x @ W.T with llama.cpp's activation rounding: (n_tokens, n_in) -> (n_tokens, n_out) float32.
 
@@ -426,6 +434,12 @@ class StackedMatrices:
         if getattr(self.packed, "copies_weights", False):
             for p in self.parts:
                 release_mapped_pages(p.raw)
+
+    def batch_rules(self) -> set[str]:
+        """See QTensor.batch_rules."""
+        if self.packed is not None:
+            return {getattr(self.packed, "batch_rule", "unknown")}
+        return set().union(*(p.batch_rules() for p in self.parts))
 
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> list[np.ndarray]:
         """[x @ W_i.T for each part]: (n_tokens, n_in) -> (n_tokens, n_out_i) float32 arrays

@@ -22,6 +22,10 @@ class Metrics:
         self.cancelled = 0
         self.timed_out = 0
         self.stalled = 0
+        self.started = 0  # requests that left the queue for a slot
+        self.queue_seconds = 0.0
+        self.first_tokens = 0  # requests that got their first output
+        self.first_token_seconds = 0.0  # from arrival to that first output, summed
 
     def count_request(self, endpoint: str) -> None:
         with self._lock:
@@ -40,6 +44,18 @@ class Metrics:
         """A connection dropped because its client left the response unread (--stall-timeout)."""
         with self._lock:
             self.stalled += 1
+
+    def record_queue_time(self, seconds: float) -> None:
+        """A request left the queue for a slot after `seconds`."""
+        with self._lock:
+            self.started += 1
+            self.queue_seconds += seconds
+
+    def record_first_token(self, seconds: float) -> None:
+        """A request's first output (text or its end) left the worker `seconds` after it arrived."""
+        with self._lock:
+            self.first_tokens += 1
+            self.first_token_seconds += seconds
 
     def record_generation(self, prompt: int, cached: int, generated: int, prompt_seconds: float, generation_seconds: float) -> None:
         with self._lock:
@@ -80,6 +96,11 @@ class Metrics:
                  [("", processed / self.prompt_seconds if self.prompt_seconds else 0.0)]),
                 ("camelid_generated_tokens_per_second", "gauge", "average generation speed per request",
                  [("", self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0)]),
+                ("camelid_queue_seconds_total", "counter", "time requests waited for a slot, summed", [("", self.queue_seconds)]),
+                ("camelid_requests_started_total", "counter", "requests that got a slot", [("", self.started)]),
+                ("camelid_time_to_first_token_seconds_total", "counter", "time from a request's arrival to its first output, summed",
+                 [("", self.first_token_seconds)]),
+                ("camelid_first_tokens_total", "counter", "requests that got their first output", [("", self.first_tokens)]),
                 ("camelid_slots_busy", "gauge", "slots generating now", [("", busy_slots)]),
                 ("camelid_slots_total", "gauge", "slots (--parallel)", [("", n_slots)]),
                 ("camelid_requests_waiting", "gauge", "requests queued for a free slot", [("", waiting)]),

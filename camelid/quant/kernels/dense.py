@@ -205,6 +205,8 @@ def _pair_order(n: int) -> np.ndarray:
 class Dense:
     """An F32 / F16 / BF16 matrix as float32 rows: F32 read in place, F16 / BF16 widened once."""
 
+    batch_rule = "single"  # vec_dot for one token, tinyBLAS from 2 (QTensor.batch_rules)
+
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
         self.t = t
         self.kind = _KIND[t]

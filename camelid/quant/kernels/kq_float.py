@@ -307,6 +307,8 @@ def _mm_repacked(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_i
 class KQuantFloat:
     """A Q4_K / Q5_K / Q6_K matrix unpacked for the float32 kernels: VEC below 8 tokens, TILED from 8."""
 
+    batch_rule = "tiled"  # VEC below 8 tokens, TILED from 8 (QTensor.batch_rules)
+
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
         self.t = t
         self.kind = K_KIND[t]
@@ -361,6 +363,8 @@ class KQuantFloat:
 
 class KQuantFloatRepacked(KQuantFloat):
     """A Q4_K matrix that llama.cpp repacks: KQuantFloat's layout, multiplied in the GEMM / GEMV order."""
+
+    batch_rule = "gemm"  # gemm for whole groups of 4 rows, gemv for the rest (QTensor.batch_rules)
 
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm (the tokens

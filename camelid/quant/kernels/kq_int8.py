@@ -316,6 +316,8 @@ class KQuantInt8:
     """A Q4_K, Q5_K or Q6_K matrix laid out for the int8 kernels (see the module docstring): VEC
     below 8 tokens, TILED from 8."""
 
+    batch_rule = "tiled"  # VEC below 8 tokens, TILED from 8 (QTensor.batch_rules)
+
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
         dtype = BLOCK_TYPES[t].dtype
         n_sb = n_in // QK
@@ -366,6 +368,8 @@ class KQuantInt8:
 
 class KQuantInt8Repacked(KQuantInt8):
     """A Q4_K matrix that llama.cpp repacks: KQuantInt8's layout, multiplied in the GEMM / GEMV order."""
+
+    batch_rule = "gemm"  # gemm for whole groups of 4 rows, gemv for the rest (QTensor.batch_rules)
 
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm (the tokens

@@ -232,6 +232,8 @@ class Q32Float:
     float16 bits of the block scales and mins.
     """
 
+    batch_rule = "rows"  # a row's arithmetic is the same in any batch (QTensor.batch_rules)
+
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
         bt = BLOCK_TYPES[t]
         n_blocks = n_in // 32

@@ -216,6 +216,8 @@ class Q32Int8:
     """A 32-weight-block matrix laid out for the int8 kernels (see the module docstring), multiplied
     in the VEC order."""
 
+    batch_rule = "rows"  # a row's arithmetic is the same in any batch (QTensor.batch_rules)
+
     def __init__(self, raw: np.ndarray, t: GGMLQuantizationType, n_out: int, n_in: int):
         bt = BLOCK_TYPES[t]
         n_blocks = n_in // 32

@@ -1,0 +1,315 @@
+"""The generation engine: requests in, streams of chunks out, many sequences decoded in one pass.
+
+Each `Engine.step()` processes at most one prompt batch (of the sequence with the least prompt left,
+so a short new request is not stuck behind a long one), then samples the next token of every
+sequence whose prompt is done and feeds all those tokens through the network together
+(LlamaModel.decode). A sequence's arithmetic does not depend on the others: a prompt batch is the
+same batch `camelid run` computes (the prompt split at the same multiples of n_batch), and a decoding
+row is computed as a one-token batch. So a request gives the same tokens alone or among others.
+
+Per request: sampling settings, stop strings, end-of-generation handling, a token limit, a deadline,
+log-probabilities of the sampled tokens, and a `token_mask` hook (called before each sample with the
+tokens generated so far; it returns a boolean (n_vocab,) array of allowed tokens, or None).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from camelid.errors import CamelidError
+from camelid.model.cache import KVCache
+from camelid.sampling import Sampler, SamplingParams
+from camelid.tokenizer.streaming import StreamingDetokenizer
+
+DEFAULT_BATCH = 512  # prompt tokens per forward call, llama.cpp's n_ubatch
+
+# (token bytes, logprob, [(alternative bytes, logprob), ...]) for one generated token
+TokenLogprob = tuple[bytes, float, list[tuple[bytes, float]]]
+
+
+@dataclass
+class GenerationStats:
+    """What one generation processed and how fast."""
+
+    prompt_tokens: int = 0  # tokens in the prompt
+    cached_tokens: int = 0  # prompt tokens whose keys and values were reused from the cache
+    generated_tokens: int = 0
+    prompt_seconds: float = 0.0  # time of this request's prompt batches
+    generation_seconds: float = 0.0  # from the end of the prompt to the last token
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        processed = self.prompt_tokens - self.cached_tokens
+        return processed / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+
+@dataclass
+class GenerationChunk:
+    """One step of a stream: new text (possibly empty), the token that produced it, the
+    log-probabilities of the tokens sampled since the last chunk (when asked for), and at the end
+    finish_reason ("stop": end-of-generation token or stop string, "length": token limit or
+    deadline, "context": the context is full, "error": `error` stopped it) with the stats."""
+
+    text: str
+    token: int | None = None
+    finish_reason: str | None = None
+    stats: GenerationStats | None = None
+    logprobs: list[TokenLogprob] | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class Request:
+    """What to generate. prompt: token ids; max_tokens < 0: until the context is full; deadline:
+    time.monotonic() at which generation ends as if max_tokens were reached; top_logprobs: how many
+    alternatives to report with each token's log-probability (None: no log-probabilities)."""
+
+    prompt: Sequence[int]
+    max_tokens: int = 256
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False
+    top_logprobs: int | None = None
+    deadline: float | None = None
+    token_mask: Callable[[list[int]], np.ndarray | None] | None = None
+
+
+class StopStringMatcher:
+    """Holds back text that could be the start of a stop string; reports a completed one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop string was reached)."""
+        self.pending += text
+        for stop in self.stops:
+            at = self.pending.find(stop)
+            if at >= 0:
+                out, self.pending = self.pending[:at], ""
+                return out, True
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def _row_arithmetic(length: int, start: int, n_batch: int, rules: set[str]) -> list[tuple[bool, bool, bool]]:
+    """For prompt rows start..length-1 fed in batches of n_batch from `start`: what, under the
+    products' batch rules (QTensor.batch_rules), decides each row's arithmetic: a batch of one token
+    (vec_dot in the products and the attention), of 8 or more ("tiled"), the row in the last n % 4 of
+    its batch of n ("gemm")."""
+    unknown = "unknown" in rules
+    rows = []
+    for b0 in range(start, length, n_batch):
+        n = min(n_batch, length - b0)
+        tiled = n >= 8 and (unknown or "tiled" in rules)
+        rows += [(n == 1, tiled, (unknown or "gemm" in rules) and i >= n - n % 4) for i in range(n)]
+    return rows
+
+
+def reusable_prefix(cache: KVCache, prompt: Sequence[int], rules: set[str], n_batch: int = DEFAULT_BATCH) -> int:
+    """How many leading prompt tokens to keep from the cache: as many of its common prefix with the
+    prompt as leave every recomputed row with the arithmetic it has in a fresh cache (llama.cpp's
+    kernels round a row differently in batches of different sizes; `rules` are the network's
+    batch_rules), and at least the last prompt token to recompute for its logits. So a prompt gives
+    the same answer whatever the cache held before."""
+    longest = max(0, min(cache.common_prefix(prompt), len(prompt) - 1))
+    if "unknown" in rules:
+        return 0
+    fresh = _row_arithmetic(len(prompt), 0, n_batch, rules)
+    for keep in (longest, longest - 1, longest - longest % 4, longest - longest % n_batch):
+        if _row_arithmetic(len(prompt), keep, n_batch, rules) == fresh[keep:]:
+            return keep
+    return 0
+
+
+class GenerationSequence:
+    """One request in the engine: its cache, sampler, text state and progress."""
+
+    def __init__(self, request: Request, cache: KVCache, tokenizer, rules: set[str], n_batch: int):
+        prompt = list(request.prompt)
+        if not prompt:
+            raise CamelidError("the prompt is empty; give some text (or let the model add a BOS token).")
+        if len(prompt) >= cache.n_ctx:
+            raise CamelidError(f"the prompt is {len(prompt)} tokens but the context holds {cache.n_ctx}; "
+                               "use a larger context (-c) or a shorter prompt.")
+        self.request, self.cache, self.prompt = request, cache, prompt
+        self.sampler = Sampler(request.sampling)
+        self.detok = StreamingDetokenizer(tokenizer, continuation=True)
+        self.matcher = StopStringMatcher(request.stop)
+        self.stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=reusable_prefix(cache, prompt, rules, n_batch))
+        cache.truncate(self.stats.cached_tokens)
+        self.generated: list[int] = []
+        self.logits: np.ndarray | None = None  # (n_vocab,) after the last token fed; None while the prompt runs
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt_done_at = 0.0
+        self.finished = False
+
+    @property
+    def prompt_left(self) -> int:
+        return len(self.prompt) - self.cache.n_past if self.logits is None else 0
+
+
+class Engine:
+    """Runs requests on a network (LlamaModel) and a tokenizer, each in a KV cache of its own.
+
+    `add` starts a request in a cache, `step` advances every sequence and returns what each produced,
+    `remove` drops a sequence at once (its cache keeps the tokens processed so far, for reuse).
+    """
+
+    def __init__(self, network, tokenizer, n_batch: int = DEFAULT_BATCH):
+        self.network, self.tokenizer, self.n_batch = network, tokenizer, n_batch
+        self.rules = network.batch_rules()
+        self.sequences: list[GenerationSequence] = []
+
+    def add(self, request: Request, cache: KVCache) -> GenerationSequence:
+        """Start `request` in `cache`, reusing the cache's common prefix with the prompt."""
+        if any(s.cache is cache for s in self.sequences):
+            raise ValueError("that cache is in use by another sequence")
+        seq = GenerationSequence(request, cache, self.tokenizer, self.rules, self.n_batch)
+        self.sequences.append(seq)
+        return seq
+
+    def remove(self, seq: GenerationSequence) -> None:
+        if seq in self.sequences:
+            self.sequences.remove(seq)
+
+    def step(self) -> list[tuple[GenerationSequence, GenerationChunk]]:
+        """One prompt batch (if any prompt is left) and one token of every sequence past its prompt.
+
+        Returns (sequence, chunk) for each sequence that produced text, log-probabilities or its end;
+        a finished sequence leaves the engine. An exception in the network or the sampler ends the
+        sequences it concerns with finish_reason "error" (the exception in chunk.error).
+        """
+        out, feeding = [], []
+        prefilling = [s for s in self.sequences if s.logits is None]
+        if prefilling:
+            seq = min(prefilling, key=lambda s: s.prompt_left)
+            try:
+                self._prompt_batch(seq)
+            except Exception as exc:
+                out.append((seq, self._fail(seq, exc)))
+        for seq in [s for s in self.sequences if s.logits is not None]:
+            try:
+                chunk = self._next_token(seq)
+            except Exception as exc:
+                chunk = self._fail(seq, exc)
+            if seq.finished:
+                self.remove(seq)
+            else:
+                feeding.append(seq)
+            if chunk is not None:
+                out.append((seq, chunk))
+        if feeding:
+            try:
+                logits = self.network.decode([s.generated[-1] for s in feeding], [s.cache for s in feeding])
+            except Exception as exc:
+                return out + [(s, self._fail(s, exc)) for s in feeding]
+            for s, row in zip(feeding, logits):
+                s.logits = row
+        return out
+
+    def _fail(self, seq: GenerationSequence, error: Exception) -> GenerationChunk:
+        self.remove(seq)
+        seq.finished = True
+        return GenerationChunk("", None, "error", seq.stats, error=error)
+
+    def _prompt_batch(self, seq: GenerationSequence) -> None:
+        """Feed the sequence's next prompt batch, ending where an uninterrupted prefill ends its batches."""
+        done = seq.cache.n_past
+        stop = min(len(seq.prompt), done + self.n_batch)
+        t0 = time.perf_counter()
+        logits = self.network.forward(seq.prompt[done:stop], seq.cache, last_only=True)
+        seq.prompt_done_at = time.perf_counter()
+        seq.stats.prompt_seconds += seq.prompt_done_at - t0
+        if stop == len(seq.prompt):
+            seq.logits = logits[-1]
+
+    def _next_token(self, seq: GenerationSequence) -> GenerationChunk | None:
+        """Sample the sequence's next token (or end it); the chunk to report, if any."""
+        r = seq.request
+        if r.deadline is not None and time.monotonic() >= r.deadline:
+            return self._finish(seq, "length")
+        logits = seq.logits
+        if r.token_mask is not None and (allowed := r.token_mask(seq.generated)) is not None:
+            logits = np.where(allowed, logits, np.float32(-np.inf))
+        token = seq.sampler(logits, seq.cache.tokens)
+        if r.top_logprobs is not None:
+            seq.logprobs.append(self._logprob_entry(seq.logits, token, r.top_logprobs))
+        seq.generated.append(token)
+        seq.stats.generated_tokens += 1
+        if token in self.tokenizer.eog_ids and not r.ignore_eos:
+            return self._finish(seq, "stop")
+        text, stopped = seq.matcher.feed(seq.detok.add_token(token))
+        if stopped:
+            return self._finish(seq, "stop", text, token, stop_string=True)
+        if len(seq.generated) == r.max_tokens:
+            return self._finish(seq, "length", text, token)
+        if seq.cache.n_free <= 0:
+            return self._finish(seq, "context", text, token)
+        if text or seq.logprobs:
+            return GenerationChunk(text, token, logprobs=self._drain_logprobs(seq))
+        return None
+
+    def _finish(self, seq: GenerationSequence, reason: str, text: str = "", token: int | None = None,
+                stop_string: bool = False) -> GenerationChunk:
+        """End a sequence: its last text (with whatever was held back, unless a stop string ended it)
+        and its stats."""
+        if not stop_string:
+            tail, stopped = seq.matcher.feed(seq.detok.finalize(drop_incomplete=True))
+            if stopped:
+                reason = "stop"
+            else:
+                tail += seq.matcher.flush()
+            text += tail
+        seq.finished = True
+        seq.stats.generation_seconds = time.perf_counter() - seq.prompt_done_at
+        return GenerationChunk(text, token, reason, seq.stats, self._drain_logprobs(seq))
+
+    @staticmethod
+    def _drain_logprobs(seq: GenerationSequence) -> list[TokenLogprob] | None:
+        if seq.request.top_logprobs is None:
+            return None
+        out, seq.logprobs = seq.logprobs, []
+        return out
+
+    def _logprob_entry(self, logits: np.ndarray, token: int, top_n: int) -> TokenLogprob:
+        """The sampled token's log-probability under the network's logits (n_vocab,), with the top_n alternatives."""
+        x = logits.astype(np.float64)  # (n_vocab,)
+        logp = x - x.max()
+        logp -= np.log(np.exp(logp).sum())
+        top = np.argpartition(-logp, top_n - 1)[:top_n] if top_n else np.empty(0, dtype=np.int64)
+        top = top[np.argsort(-logp[top], kind="stable")]
+        piece = self.tokenizer.token_to_bytes
+        return piece(token, True), float(logp[token]), [(piece(int(t), True), float(logp[t])) for t in top]
+
+
+def generate(network, tokenizer, request: Request, cache: KVCache, n_batch: int = DEFAULT_BATCH) -> Iterator[GenerationChunk]:
+    """One request on its own: its chunks with text, then the final one (finish_reason and stats)."""
+    engine = Engine(network, tokenizer, n_batch)
+    engine.add(request, cache)
+    while engine.sequences:
+        for _, chunk in engine.step():
+            if chunk.error is not None:
+                raise chunk.error
+            if chunk.text or chunk.finish_reason is not None:
+                yield chunk
