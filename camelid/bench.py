@@ -59,8 +59,21 @@ def time_generation(model, tokens: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def run_bench(model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5, n_batch: int = 512, seed: int = 1234) -> list[SpeedResult]:
-    """Measure prompt (n_prompt tokens) and generation (n_gen tokens) speed; 0 skips a test."""
+def time_batched_generation(model, tokens: list[list[int]]) -> float:
+    """Seconds to feed several sequences' tokens (one list each, of equal length) into fresh caches,
+    one token of every sequence per forward pass (LlamaModel.decode, as the server's batched step)."""
+    caches = [model.new_cache(len(row) + 1) for row in tokens]
+    start = time.perf_counter()
+    for step in zip(*tokens):
+        model.network.decode(list(step), caches)
+    return time.perf_counter() - start
+
+
+def run_bench(model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5, n_batch: int = 512, seed: int = 1234,
+              n_parallel: int = 1) -> list[SpeedResult]:
+    """Measure prompt (n_prompt tokens) and generation (n_gen tokens) speed; 0 skips a test. With
+    n_parallel > 1, also generation of n_parallel sequences at once ("tg128 x8": tokens per second in
+    total, over all sequences)."""
     for name, value in (("prompt length", n_prompt), ("generation length", n_gen), ("batch size", n_batch)):
         if value < 0:
             raise CamelidError(f"the {name} must not be negative, not {value}.")
@@ -68,6 +81,8 @@ def run_bench(model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5
         raise CamelidError(f"the number of repetitions must be at least 1, not {repetitions}.")
     if n_batch < 1:
         raise CamelidError("the batch size must be at least 1.")
+    if n_parallel < 1:
+        raise CamelidError(f"the number of parallel sequences must be at least 1, not {n_parallel}.")
     n_vocab = model.tokenizer.n_vocab
     limit = model.config.n_ctx_train
     for name, value in (("prompt", n_prompt), ("generation", n_gen)):
@@ -87,6 +102,13 @@ def run_bench(model, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5
         time_generation(model, tokens[:min(n_gen, 16)])
         for _ in range(repetitions):
             result.tokens_per_s.append(n_gen / time_generation(model, tokens))
+        results.append(result)
+    if n_gen and n_parallel > 1:
+        rows = [_random_tokens(n_vocab, n_gen, seed + 2 + i) for i in range(n_parallel)]
+        result = SpeedResult(f"tg{n_gen} x{n_parallel}", n_gen * n_parallel)
+        time_batched_generation(model, [row[:min(n_gen, 16)] for row in rows])
+        for _ in range(repetitions):
+            result.tokens_per_s.append(n_gen * n_parallel / time_batched_generation(model, rows))
         results.append(result)
     return results
 

@@ -247,7 +247,7 @@ class Engine:
     def _next_token(self, seq: GenerationSequence) -> GenerationChunk | None:
         """Sample the sequence's next token (or end it); the chunk to report, if any."""
         r = seq.request
-        if r.deadline is not None and time.monotonic() >= r.deadline:
+        if r.max_tokens == 0 or (r.deadline is not None and time.monotonic() >= r.deadline):
             return self._finish(seq, "length")
         logits = seq.logits
         if r.token_mask is not None and (allowed := r.token_mask(seq.generated)) is not None:

@@ -25,6 +25,15 @@ def test_json_report_has_medians_of_every_run():
     assert all(v > 0 for v in report["runs"]["pp16"] + report["runs"]["tg4"])
 
 
+def test_parallel_generation_is_reported_in_total():
+    r = _bench("-p", "0", "-n", "4", "-r", "2", "-t", "1", "-np", "3", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["parallel"] == 3 and len(report["runs"]["tg4 x3"]) == 2
+    assert report["batched_gen_tokens_per_s"] == sum(report["runs"]["tg4 x3"]) / 2  # the median of two
+    assert all(v > 0 for v in report["runs"]["tg4 x3"])
+
+
 def test_table_names_the_tests_and_skips_a_zero_length():
     r = _bench("-p", "8", "-n", "0", "-r", "1")
     assert r.returncode == 0, r.stderr
@@ -36,6 +45,7 @@ def test_table_names_the_tests_and_skips_a_zero_length():
     (["-p", "-5"], "prompt length"),
     (["-t", "0"], "threads"),
     (["-p", "100000"], "trained for"),
+    (["-np", "0"], "parallel"),
 ])
 def test_bad_settings_are_explained(args, message):
     r = _bench(*args, "-n", "1")

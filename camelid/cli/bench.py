@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=512, metavar="N", help="prompt tokens per forward pass (default 512)")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
     p.add_argument("-r", "--repetitions", type=int, default=5, metavar="N", help="repetitions of each test (default 5)")
+    p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
+                   help="also generate N sequences at once, one batched forward pass per step, as the server does "
+                        "(tokens/s in total; default 1: no such test)")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="md: a table; json: one JSON object")
     p.add_argument("--profile", action="store_true", help="also profile generation: where each token's time goes")
     p.set_defaults(handler=bench)
@@ -37,8 +40,8 @@ def bench(args: argparse.Namespace) -> int:
 
     model = camelid.load(args.model, n_threads=args.threads, show_progress=args.output != "json")
     n_threads = set_threads(args.threads)
-    results = run_bench(model, args.n_prompt, args.n_gen, args.repetitions, args.batch_size)
-    by_test = {("prompt" if r.test.startswith("pp") else "gen"): r for r in results}
+    results = run_bench(model, args.n_prompt, args.n_gen, args.repetitions, args.batch_size, n_parallel=args.parallel)
+    by_test = {("prompt" if r.test.startswith("pp") else "batched" if " x" in r.test else "gen"): r for r in results}
     size_gib = os.path.getsize(model.path) / 2**30
     if args.output == "json":
         report = {
@@ -50,6 +53,8 @@ def bench(args: argparse.Namespace) -> int:
             "repetitions": args.repetitions,
             "prompt_tokens_per_s": by_test["prompt"].median if "prompt" in by_test else None,
             "gen_tokens_per_s": by_test["gen"].median if "gen" in by_test else None,
+            "parallel": args.parallel,
+            "batched_gen_tokens_per_s": by_test["batched"].median if "batched" in by_test else None,
             "runs": {r.test: r.tokens_per_s for r in results},
         }
         print(json.dumps(report))
