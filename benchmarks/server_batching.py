@@ -61,13 +61,11 @@ def first_token_during_long_prompt(base: str) -> tuple[float, int]:
     time.sleep(0.2)  # well inside the long prompt's first batch
     body = {"prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "stream": True}
     t0 = time.perf_counter()
+    first = None
     with httpx.stream("POST", base + "/v1/completions", json=body, timeout=3600) as response:
         for line in response.iter_lines():
-            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
+            if first is None and line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
                 first = time.perf_counter() - t0
-                break
-        for _ in response.iter_lines():
-            pass
     worker.join()
     return first, long_done["prompt_tokens"]
 
@@ -89,10 +87,11 @@ def main() -> int:
     try:
         for _ in range(600):
             try:
-                streams(url, PROMPTS, 4)  # also the warm-up
+                httpx.get(base + "/health", timeout=5)
                 break
             except httpx.TransportError:
                 time.sleep(0.5)
+        streams(url, PROMPTS, 4)  # the warm-up
         one, eight, first = [], [], []
         for _ in range(args.repetitions):
             one.append(streams(url, PROMPTS[:1], args.n))

@@ -14,6 +14,7 @@ tokens generated so far; it returns a boolean (n_vocab,) array of allowed tokens
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from camelid.sampling import Sampler, SamplingParams
 from camelid.tokenizer.streaming import StreamingDetokenizer
 
 DEFAULT_BATCH = 512  # prompt tokens per forward call, llama.cpp's n_ubatch
+PROMPT_CHUNK = 128  # prompt tokens per engine step, where the rows' arithmetic stays that of n_batch batches
 
 # (token bytes, logprob, [(alternative bytes, logprob), ...]) for one generated token
 TokenLogprob = tuple[bytes, float, list[tuple[bytes, float]]]
@@ -145,7 +147,7 @@ def reusable_prefix(cache: KVCache, prompt: Sequence[int], rules: set[str], n_ba
 class GenerationSequence:
     """One request in the engine: its cache, sampler, text state and progress."""
 
-    def __init__(self, request: Request, cache: KVCache, tokenizer, rules: set[str], n_batch: int):
+    def __init__(self, request: Request, cache: KVCache, tokenizer, rules: set[str], n_batch: int, chunk: int):
         prompt = list(request.prompt)
         if not prompt:
             raise CamelidError("the prompt is empty; give some text (or let the model add a BOS token).")
@@ -158,6 +160,9 @@ class GenerationSequence:
         self.matcher = StopStringMatcher(request.stop)
         self.stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=reusable_prefix(cache, prompt, rules, n_batch))
         cache.truncate(self.stats.cached_tokens)
+        # the prompt runs in chunks, if they give every row the arithmetic of n_batch batches
+        rows = functools.partial(_row_arithmetic, len(prompt), self.stats.cached_tokens, rules=rules)
+        self.batch = chunk if chunk < n_batch and rows(chunk) == rows(n_batch) else n_batch
         self.generated: list[int] = []
         self.logits: np.ndarray | None = None  # (n_vocab,) after the last token fed; None while the prompt runs
         self.logprobs: list[TokenLogprob] = []
@@ -176,8 +181,8 @@ class Engine:
     `remove` drops a sequence at once (its cache keeps the tokens processed so far, for reuse).
     """
 
-    def __init__(self, network, tokenizer, n_batch: int = DEFAULT_BATCH):
-        self.network, self.tokenizer, self.n_batch = network, tokenizer, n_batch
+    def __init__(self, network, tokenizer, n_batch: int = DEFAULT_BATCH, chunk: int = PROMPT_CHUNK):
+        self.network, self.tokenizer, self.n_batch, self.chunk = network, tokenizer, n_batch, chunk
         self.rules = network.batch_rules()
         self.sequences: list[GenerationSequence] = []
 
@@ -185,7 +190,7 @@ class Engine:
         """Start `request` in `cache`, reusing the cache's common prefix with the prompt."""
         if any(s.cache is cache for s in self.sequences):
             raise ValueError("that cache is in use by another sequence")
-        seq = GenerationSequence(request, cache, self.tokenizer, self.rules, self.n_batch)
+        seq = GenerationSequence(request, cache, self.tokenizer, self.rules, self.n_batch, self.chunk)
         self.sequences.append(seq)
         return seq
 
@@ -234,9 +239,9 @@ class Engine:
         return GenerationChunk("", None, "error", seq.stats, error=error)
 
     def _prompt_batch(self, seq: GenerationSequence) -> None:
-        """Feed the sequence's next prompt batch, ending where an uninterrupted prefill ends its batches."""
+        """Feed the sequence's next prompt chunk (seq.batch tokens)."""
         done = seq.cache.n_past
-        stop = min(len(seq.prompt), done + self.n_batch)
+        stop = min(len(seq.prompt), done + seq.batch)
         t0 = time.perf_counter()
         logits = self.network.forward(seq.prompt[done:stop], seq.cache, last_only=True)
         seq.prompt_done_at = time.perf_counter()
@@ -305,7 +310,7 @@ class Engine:
 
 def generate(network, tokenizer, request: Request, cache: KVCache, n_batch: int = DEFAULT_BATCH) -> Iterator[GenerationChunk]:
     """One request on its own: its chunks with text, then the final one (finish_reason and stats)."""
-    engine = Engine(network, tokenizer, n_batch)
+    engine = Engine(network, tokenizer, n_batch, chunk=n_batch)
     engine.add(request, cache)
     while engine.sequences:
         for _, chunk in engine.step():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import camelid
-from camelid.engine import Engine, Request, generate
+from camelid.engine import PROMPT_CHUNK, Engine, Request, generate
 from camelid.generate import prefill
 from camelid.sampling import SamplingParams
 from model_files import gemma_path
@@ -85,3 +85,22 @@ def test_token_mask_and_removal_act_on_one_request(model):
     assert engine.sequences == [kept]
     while engine.sequences:
         assert all(seq is kept for seq, _ in engine.step())
+
+
+@pytest.mark.parametrize("length, pieces", [(300, PROMPT_CHUNK), (260, 512)])
+def test_a_prompt_in_chunks_equals_it_in_one_batch(model, length, pieces):
+    """The engine runs a long prompt in PROMPT_CHUNK pieces (so other streams move between them) only
+    where that leaves every row's arithmetic as in llama.cpp's 512-token batches (not for 260 tokens:
+    a last piece of 4 would take the K-quants' vec_dot path); either way the log-probabilities equal,
+    to the bit, those of the prompt in one batch."""
+    words = " ".join(["llama", "alpaca", "guanaco", "vicuña", "camelid", "羊驼"] * 80)
+    prompt = model.tokenize(words)[:length]
+    request = Request(prompt, max_tokens=3, sampling=GREEDY, ignore_eos=True, top_logprobs=5)
+    engine = Engine(model.network, model.tokenizer)
+    seq = engine.add(request, model.new_cache(512))
+    assert seq.batch == pieces
+    chunked = []
+    while engine.sequences:
+        chunked += [c for _, c in engine.step()]
+    whole = list(generate(model.network, model.tokenizer, request, model.new_cache(512)))
+    assert [e for c in chunked for e in c.logprobs] == [e for c in whole for e in c.logprobs]
