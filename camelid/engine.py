@@ -70,7 +70,8 @@ class GenerationChunk:
 
 @dataclass
 class Request:
-    """What to generate. prompt: token ids; max_tokens < 0: until the context is full; deadline:
+    """What to generate. prompt: token ids; max_tokens < 0: until the context is full; ignore_eos:
+    end-of-generation tokens are never sampled (llama.cpp's --ignore-eos); deadline:
     time.monotonic() at which generation ends as if max_tokens were reached; top_logprobs: how many
     alternatives to report with each token's log-probability (None: no log-probabilities)."""
 
@@ -255,6 +256,9 @@ class Engine:
         if r.max_tokens == 0 or (r.deadline is not None and time.monotonic() >= r.deadline):
             return self._finish(seq, "length")
         logits = seq.logits
+        if r.ignore_eos:  # as llama.cpp: end-of-generation tokens get a logit bias of -inf
+            logits = logits.copy()
+            logits[list(self.tokenizer.eog_ids)] = -np.inf
         if r.token_mask is not None and (allowed := r.token_mask(seq.generated)) is not None:
             logits = np.where(allowed, logits, np.float32(-np.inf))
         token = seq.sampler(logits, seq.cache.tokens)
@@ -262,7 +266,7 @@ class Engine:
             seq.logprobs.append(self._logprob_entry(seq.logits, token, r.top_logprobs))
         seq.generated.append(token)
         seq.stats.generated_tokens += 1
-        if token in self.tokenizer.eog_ids and not r.ignore_eos:
+        if token in self.tokenizer.eog_ids:
             return self._finish(seq, "stop")
         text, stopped = seq.matcher.feed(seq.detok.add_token(token))
         if stopped:
@@ -309,12 +313,13 @@ class Engine:
 
 
 def generate(network, tokenizer, request: Request, cache: KVCache, n_batch: int = DEFAULT_BATCH) -> Iterator[GenerationChunk]:
-    """One request on its own: its chunks with text, then the final one (finish_reason and stats)."""
+    """One request on its own: its chunks with text (or log-probabilities), then the final one
+    (finish_reason and stats)."""
     engine = Engine(network, tokenizer, n_batch, chunk=n_batch)
     engine.add(request, cache)
     while engine.sequences:
         for _, chunk in engine.step():
             if chunk.error is not None:
                 raise chunk.error
-            if chunk.text or chunk.finish_reason is not None:
+            if chunk.text or chunk.logprobs or chunk.finish_reason is not None:
                 yield chunk

@@ -64,6 +64,24 @@ def test_end_of_generation_token(model):
     assert last.stats.generated_tokens < 100
 
 
+def test_ignore_eos_never_samples_the_end(model):
+    """As llama.cpp's --ignore-eos (and its server's ignore_eos): the end-of-generation tokens get a
+    logit of -inf, so where greedy decoding would end, the next best token follows instead."""
+    from camelid.engine import Request, generate
+    from camelid.sampling import SamplingParams
+
+    prompt = model.tokenize(CHAT.format("What is 2+2? Answer in one sentence."), parse_special=True)
+    plain = list(model.stream_tokens(prompt, max_tokens=100, temperature=0, cache=model.new_cache()))
+    n = plain[-1].stats.generated_tokens  # the last one is the end-of-generation token
+    assert plain[-1].finish_reason == "stop"
+    request = Request(prompt, max_tokens=n + 3, sampling=SamplingParams(temperature=0), ignore_eos=True, top_logprobs=1)
+    chunks = list(generate(model.network, model.tokenizer, request, model.new_cache()))
+    sampled = [piece for c in chunks for piece, _, _ in c.logprobs]
+    ends = {model.tokenizer.token_to_bytes(t, True) for t in model.tokenizer.eog_ids}
+    assert len(sampled) == n + 3 and not ends & set(sampled)
+    assert "".join(c.text for c in chunks).startswith("".join(c.text for c in plain))
+
+
 def test_context_full(model):
     small = camelid.load(model.path, n_ctx=24, show_progress=False)
     prompt = small.tokenize("Once upon a time, in a land far away,")

@@ -58,7 +58,7 @@ class SamplingFields(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1, description="default 0.05")
     repeat_penalty: float | None = Field(None, gt=0, description="1.0 = off (default)")
     repeat_last_n: int | None = Field(None, ge=-1, description="penalty window; -1 = the whole context (default 64)")
-    ignore_eos: bool = Field(False, description="keep generating after the end-of-text token")
+    ignore_eos: bool = Field(False, description="never sample the end-of-text tokens (as llama.cpp): generate max_tokens tokens")
 
     def sampling(self) -> SamplingParams:
         """The SamplingParams of this request (camelid's defaults for fields not given)."""
