@@ -104,3 +104,17 @@ def test_a_prompt_in_chunks_equals_it_in_one_batch(model, length, pieces):
         chunked += [c for _, c in engine.step()]
     whole = list(generate(model.network, model.tokenizer, request, model.new_cache(512)))
     assert [e for c in chunked for e in c.logprobs] == [e for c in whole for e in c.logprobs]
+
+
+def test_an_error_in_one_request_ends_only_that_one(model):
+    """A token mask that allows nothing: that request ends with finish_reason "error" (the sampler's
+    CamelidError), the other one runs on to the answer it gives alone."""
+    from camelid.errors import CamelidError
+
+    nothing = np.zeros(model.network.n_vocab, bool)
+    broken = Request(model.tokenize(PROMPTS[1]), max_tokens=8, sampling=GREEDY, token_mask=lambda generated: nothing if generated else None)
+    fine = Request(model.tokenize(PROMPTS[0]), max_tokens=8, sampling=GREEDY, ignore_eos=True)
+    out = run_engine(model, [broken, fine])
+    assert out[0][-1].finish_reason == "error" and isinstance(out[0][-1].error, CamelidError)
+    assert out[0][-1].stats.generated_tokens == 1
+    assert [c.text for c in out[1]] == [c.text for c in run_engine(model, [fine])[0]]
