@@ -11,7 +11,6 @@ Q4_0, 3x on SmolLM2). Prints medians of r repetitions, one stream and eight alte
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import time
 
 import httpx
 
-from server_vs_run import free_port
+from server_vs_run import free_port, parse_arguments
 
 PROMPTS = ["Once upon a time", "The history of the llama", "Write a recipe for bread.", "羊驼是一种", "def quicksort(items):",
            "The weather today", "A letter to my grandmother:", "Ten facts about the moon:"]
@@ -71,12 +70,7 @@ def first_token_during_long_prompt(base: str) -> tuple[float, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default=None)
-    ap.add_argument("-n", type=int, default=128)
-    ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("-r", "--repetitions", type=int, default=3)
-    args = ap.parse_args()
+    args = parse_arguments(__doc__, 128)
     model = ["-m", args.model] if args.model else []
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "camelid", "serve", *model, "--port", str(port), "-t", str(args.threads),

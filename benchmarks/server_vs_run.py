@@ -29,6 +29,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parse_arguments(doc: str, default_n: int) -> argparse.Namespace:
+    """The options both server benchmarks take: -m, -n, -t, -r."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("-m", "--model", default=None)
+    ap.add_argument("-n", type=int, default=default_n)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-r", "--repetitions", type=int, default=3)
+    return ap.parse_args()
+
+
 def run_speed(model: list[str], n: int, threads: int) -> float:
     result = subprocess.run([sys.executable, "-m", "camelid", "run", *model, "-p", PROMPT, "-n", str(n), "-t", str(threads),
                              "--temp", "0", "--ignore-eos"], capture_output=True, text=True, check=True)
@@ -36,12 +46,7 @@ def run_speed(model: list[str], n: int, threads: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default=None)
-    ap.add_argument("-n", type=int, default=256)
-    ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("-r", "--repetitions", type=int, default=3)
-    args = ap.parse_args()
+    args = parse_arguments(__doc__, 256)
     model = ["-m", args.model] if args.model else []
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "camelid", "serve", *model, "--port", str(port), "-t", str(args.threads),
