@@ -73,7 +73,14 @@ class Request:
     """What to generate. prompt: token ids; max_tokens < 0: until the context is full; ignore_eos:
     end-of-generation tokens are never sampled (llama.cpp's --ignore-eos); deadline:
     time.monotonic() at which generation ends as if max_tokens were reached; top_logprobs: how many
-    alternatives to report with each token's log-probability (None: no log-probabilities)."""
+    alternatives to report with each token's log-probability (None: no log-probabilities).
+
+    For an interactive session (`camelid run`): reverse_prompts end generation once the text of the
+    reply holds one in its last len + reverse_prompt_slack characters (the text is emitted, the token
+    fed); penalize_reply_only applies the repetition penalties to the reply's tokens, not the whole
+    context; feed_last feeds the last token too (the session goes on from it); make_room(n) is
+    called when the cache is full and may free n positions (a context shift), returning whether it did.
+    """
 
     prompt: Sequence[int]
     max_tokens: int = 256
@@ -83,6 +90,11 @@ class Request:
     top_logprobs: int | None = None
     deadline: float | None = None
     token_mask: Callable[[list[int]], np.ndarray | None] | None = None
+    reverse_prompts: Sequence[str] = ()
+    reverse_prompt_slack: int = 0
+    penalize_reply_only: bool = False
+    feed_last: bool = False
+    make_room: Callable[[int], bool] | None = None
 
 
 class StopStringMatcher:
@@ -148,26 +160,32 @@ def reusable_prefix(cache: KVCache, prompt: Sequence[int], rules: set[str], n_ba
 class GenerationSequence:
     """One request in the engine: its cache, sampler, text state and progress."""
 
-    def __init__(self, request: Request, cache: KVCache, tokenizer, rules: set[str], n_batch: int, chunk: int):
+    def __init__(self, request: Request, cache: KVCache, tokenizer, rules: set[str], n_batch: int, chunk: int,
+                 logits: np.ndarray | None = None, sampler: Sampler | None = None):
         prompt = list(request.prompt)
         if not prompt:
             raise CamelidError("the prompt is empty; give some text (or let the model add a BOS token).")
-        if len(prompt) >= cache.n_ctx:
+        if len(prompt) >= cache.n_ctx and logits is None:
             raise CamelidError(f"the prompt is {len(prompt)} tokens but the context holds {cache.n_ctx}; "
                                "use a larger context (-c) or a shorter prompt.")
         self.request, self.cache, self.prompt = request, cache, prompt
-        self.sampler = Sampler(request.sampling)
+        self.sampler = sampler or Sampler(request.sampling)
         self.detok = StreamingDetokenizer(tokenizer, continuation=True)
         self.matcher = StopStringMatcher(request.stop)
-        self.stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=reusable_prefix(cache, prompt, rules, n_batch))
-        cache.truncate(self.stats.cached_tokens)
+        if logits is not None and cache.tokens != prompt:
+            raise ValueError("a sequence that starts from logits needs its whole prompt in the cache")
+        cached = len(prompt) if logits is not None else reusable_prefix(cache, prompt, rules, n_batch)
+        self.stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=cached)
+        cache.truncate(cached)
         # the prompt runs in chunks, if they give every row the arithmetic of n_batch batches
         rows = functools.partial(_row_arithmetic, len(prompt), self.stats.cached_tokens, rules=rules)
         self.batch = chunk if chunk < n_batch and rows(chunk) == rows(n_batch) else n_batch
         self.generated: list[int] = []
-        self.logits: np.ndarray | None = None  # (n_vocab,) after the last token fed; None while the prompt runs
+        self.logits = logits  # (n_vocab,) after the last token fed; None while the prompt runs
         self.logprobs: list[TokenLogprob] = []
-        self.prompt_done_at = 0.0
+        self.prompt_done_at = time.perf_counter()
+        self.reply_text = ""  # what the reply printed so far, when reverse prompts are watched
+        self.finish_after_feed: str | None = None  # the finish reason once the last sampled token is fed
         self.finished = False
 
     @property
@@ -187,17 +205,25 @@ class Engine:
         self.rules = network.batch_rules()
         self.sequences: list[GenerationSequence] = []
 
-    def add(self, request: Request, cache: KVCache) -> GenerationSequence:
-        """Start `request` in `cache`, reusing the cache's common prefix with the prompt."""
+    def add(self, request: Request, cache: KVCache, logits: np.ndarray | None = None,
+            sampler: Sampler | None = None) -> GenerationSequence:
+        """Start `request` in `cache`, reusing the cache's common prefix with the prompt; or, given the
+        logits after the prompt, which the cache then holds whole, generate from there. sampler: one
+        to continue (its random state), instead of a new one from request.sampling."""
         if any(s.cache is cache for s in self.sequences):
             raise ValueError("that cache is in use by another sequence")
-        seq = GenerationSequence(request, cache, self.tokenizer, self.rules, self.n_batch, self.chunk)
+        seq = GenerationSequence(request, cache, self.tokenizer, self.rules, self.n_batch, self.chunk, logits, sampler)
         self.sequences.append(seq)
         return seq
 
     def remove(self, seq: GenerationSequence) -> None:
         if seq in self.sequences:
             self.sequences.remove(seq)
+
+    def finish(self, seq: GenerationSequence, reason: str) -> GenerationChunk:
+        """End a sequence now (e.g. "interrupted"): its held-back text and stats."""
+        self.remove(seq)
+        return self._finish(seq, reason)
 
     def step(self) -> list[tuple[GenerationSequence, GenerationChunk]]:
         """One prompt batch (if any prompt is left) and one token of every sequence past its prompt.
@@ -232,6 +258,9 @@ class Engine:
                 return out + [(s, self._fail(s, exc)) for s in feeding]
             for s, row in zip(feeding, logits):
                 s.logits = row
+                if s.finish_after_feed is not None:
+                    self.remove(s)
+                    out.append((s, self._finish(s, s.finish_after_feed)))
         return out
 
     def _fail(self, seq: GenerationSequence, error: Exception) -> GenerationChunk:
@@ -255,26 +284,36 @@ class Engine:
         r = seq.request
         if r.max_tokens == 0 or (r.deadline is not None and time.monotonic() >= r.deadline):
             return self._finish(seq, "length")
+        full = seq.cache.n_free < 1 and not (r.make_room is not None and r.make_room(1))
+        if full and r.feed_last:
+            return self._finish(seq, "context")
         logits = seq.logits
         if r.ignore_eos:  # as llama.cpp: end-of-generation tokens get a logit bias of -inf
             logits = logits.copy()
             logits[list(self.tokenizer.eog_ids)] = -np.inf
         if r.token_mask is not None and (allowed := r.token_mask(seq.generated)) is not None:
             logits = np.where(allowed, logits, np.float32(-np.inf))
-        token = seq.sampler(logits, seq.cache.tokens)
+        token = seq.sampler(logits, seq.generated if r.penalize_reply_only else seq.cache.tokens)
         if r.top_logprobs is not None:
             seq.logprobs.append(self._logprob_entry(seq.logits, token, r.top_logprobs))
         seq.generated.append(token)
         seq.stats.generated_tokens += 1
         if token in self.tokenizer.eog_ids:
-            return self._finish(seq, "stop")
-        text, stopped = seq.matcher.feed(seq.detok.add_token(token))
+            return self._finish(seq, "stop", token=token)
+        piece = seq.detok.add_token(token)
+        text, stopped = seq.matcher.feed(piece)
         if stopped:
             return self._finish(seq, "stop", text, token, stop_string=True)
-        if len(seq.generated) == r.max_tokens:
-            return self._finish(seq, "length", text, token)
-        if seq.cache.n_free <= 0:
+        if full:  # the token cannot be fed: the last one
             return self._finish(seq, "context", text, token)
+        if r.reverse_prompts:
+            seq.reply_text += piece
+            if any(a in seq.reply_text[-(len(a) + r.reverse_prompt_slack):] for a in r.reverse_prompts):
+                seq.finish_after_feed = "reverse_prompt"
+        if len(seq.generated) == r.max_tokens and seq.finish_after_feed is None:
+            if not r.feed_last:
+                return self._finish(seq, "length", text, token)
+            seq.finish_after_feed = "length"
         if text or seq.logprobs:
             return GenerationChunk(text, token, logprobs=self._drain_logprobs(seq))
         return None
