@@ -74,7 +74,7 @@ def main() -> int:
     model = ["-m", args.model] if args.model else []
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "camelid", "serve", *model, "--port", str(port), "-t", str(args.threads),
-                               "--parallel", str(len(PROMPTS)), "-c", "2560", "--max-queue", "64"],
+                               "--parallel", str(len(PROMPTS)), "-c", str(2560 * len(PROMPTS)), "--max-queue", "64"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     url = base + "/v1/completions"

@@ -26,7 +26,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "--parallel", "2", "-c", "1024")
+    yield from serve(tmp_path_factory, "--parallel", "2", "-c", "2048")
 
 
 @pytest.fixture(scope="module")

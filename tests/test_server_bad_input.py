@@ -276,6 +276,7 @@ def test_no_server_errors_in_the_log(server):
 @pytest.mark.parametrize("args, message", [
     (["--port", "{port}"], "already in use"),
     (["--parallel", "0"], "--parallel"),
+    (["--parallel", "4", "-c", "200"], "give at least 256 (-c is the total"),
     (["--port", "70000"], "--port"),
     (["--data-dir", "{file}"], "data directory"),
     (["-m", "{missing}"], "missing.gguf"),

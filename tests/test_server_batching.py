@@ -37,7 +37,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "-m", str(gemma_path()), "--parallel", str(PARALLEL), "-c", "256")
+    yield from serve(tmp_path_factory, "-m", str(gemma_path()), "--parallel", str(PARALLEL), "-c", str(256 * PARALLEL))
 
 
 def complete(client, prompt: str, stream: bool) -> str:

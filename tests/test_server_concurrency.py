@@ -26,7 +26,7 @@ LONG = 400  # tokens for generations that are meant to be interrupted (context 5
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "--parallel", str(PARALLEL), "-c", "512")
+    yield from serve(tmp_path_factory, "--parallel", str(PARALLEL), "-c", str(512 * PARALLEL))
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def test_eight_concurrent_streams_get_the_sequential_answer(server, model_id):
         time.sleep(0.05)
     for t in threads:
         t.join()
+    assert f"{PARALLEL} slots of 512 tokens" in server.log()  # -c is shared by the slots, as in llama-server
     assert [r["text"] for r in results] == [expected] * 8
     assert [r["finish"] for r in results] == [sequential.choices[0].finish_reason] * 8
     assert max(busy_seen) <= PARALLEL

@@ -41,7 +41,7 @@ ROUND = ["normal", "streamed", "malformed", "cancelled", "normal", "openai", "st
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "--parallel", str(PARALLEL), "-c", str(CTX), "--max-tokens-limit", str(MAX_TOKENS_LIMIT),
+    yield from serve(tmp_path_factory, "--parallel", str(PARALLEL), "-c", str(CTX * PARALLEL), "--max-tokens-limit", str(MAX_TOKENS_LIMIT),
                      "--max-body-bytes", str(MAX_BODY), "--stall-timeout", "2")
 
 

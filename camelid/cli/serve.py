@@ -16,6 +16,7 @@ from camelid.errors import CamelidError
 from camelid.server.limits import Limits
 
 DEFAULT_PARALLEL = 4
+MIN_SLOT_CONTEXT = 64  # tokens in each slot, at the least
 
 
 def default_data_dir() -> Path:
@@ -38,7 +39,8 @@ def register(sub) -> None:
                    help="also answer requests for this host name (NAME or NAME:PORT; repeatable); the server answers "
                         "only its own address otherwise, against DNS rebinding. '*' turns the check off (unsafe)")
     p.add_argument("-c", "--ctx-size", "--ctx_size", dest="ctx_size", type=int, default=None, metavar="N",
-                   help="context size of each slot in tokens (default: min(4096, the model's))")
+                   help="context size in tokens, shared by the slots: each of the --parallel slots gets N / parallel, as "
+                        "in llama-server (default: min(4096, the model's) for each slot)")
     p.add_argument("-np", "--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
                    help="requests generated at once, each with its own KV cache; more wait in a queue (default: %(default)s)")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="kernel threads (default: the physical cores)")
@@ -100,6 +102,10 @@ def _listen(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise CamelidError(f"--parallel must be at least 1, got {args.parallel}.")
+    slot_ctx = None if args.ctx_size is None else args.ctx_size // args.parallel
+    if slot_ctx is not None and slot_ctx < MIN_SLOT_CONTEXT:
+        raise CamelidError(f"-c {args.ctx_size} shared by {args.parallel} slots (--parallel) leaves {slot_ctx} tokens for each; "
+                           f"give at least {MIN_SLOT_CONTEXT * args.parallel} (-c is the total, as in llama-server).")
     limits = limits_from_args(args)
     data_dir = args.data_dir or default_data_dir()
     try:
@@ -121,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     hosts = HostCheck.for_address(host, port, args.allowed_host)
-    model = camelid.load(args.model, n_ctx=args.ctx_size, chat_template=args.chat_template, n_threads=args.threads)
+    model = camelid.load(args.model, n_ctx=slot_ctx, chat_template=args.chat_template, n_threads=args.threads)
     model.template.variables.update(args.chat_template_kwargs)
     app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits,
                      worker_thread=False)
