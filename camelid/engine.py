@@ -1,11 +1,13 @@
 """The generation engine: requests in, streams of chunks out, many sequences decoded in one pass.
 
-Each `Engine.step()` processes at most one prompt batch (of the sequence with the least prompt left,
+Each `Engine.step()` processes at most one prompt chunk (of the sequence with the least prompt left,
 so a short new request is not stuck behind a long one), then samples the next token of every
 sequence whose prompt is done and feeds all those tokens through the network together
-(LlamaModel.decode). A sequence's arithmetic does not depend on the others: a prompt batch is the
-same batch `camelid run` computes (the prompt split at the same multiples of n_batch), and a decoding
-row is computed as a one-token batch. So a request gives the same tokens alone or among others.
+(LlamaModel.decode). A sequence's arithmetic does not depend on the others: its prompt rows get the
+arithmetic of the batches `camelid run` computes (the prompt split at multiples of n_batch; it runs
+in smaller chunks, which let other streams move in between, only where every row's arithmetic stays
+the same), and a decoding row is computed as a one-token batch. So a request gives the same tokens
+alone or among others, and, with the prefix reuse of `reusable_prefix`, whatever its cache held.
 
 Per request: sampling settings, stop strings, end-of-generation handling, a token limit, a deadline,
 log-probabilities of the sampled tokens, and a `token_mask` hook (called before each sample with the
@@ -151,7 +153,7 @@ def reusable_prefix(cache: KVCache, prompt: Sequence[int], rules: set[str], n_ba
     if "unknown" in rules:
         return 0
     fresh = _row_arithmetic(len(prompt), 0, n_batch, rules)
-    for keep in (longest, longest - 1, longest - longest % 4, longest - longest % n_batch):
+    for keep in (longest, max(0, longest - 1), longest - longest % 4, longest - longest % n_batch):
         if _row_arithmetic(len(prompt), keep, n_batch, rules) == fresh[keep:]:
             return keep
     return 0

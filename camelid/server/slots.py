@@ -7,10 +7,10 @@ thread that starts parallel kernels, and generating from a second thread ran at 
 (consistent with libgomp spinning less at its barriers once it manages more threads than there are
 CPUs). `start()` runs the loop on a thread of its own instead, for embedding the app elsewhere.
 
-Each turn the worker runs one `Engine.step()`: at most one 512-token prompt batch (the request with
-the least prompt left goes first, so a short request is not stuck behind a long prompt), then the next
-token of every generating slot in one batched forward pass; a new request joins at the next turn. A
-slot's results do not depend on the others (see camelid.engine).
+Each turn the worker runs one `Engine.step()`: at most one prompt chunk of 128 or 512 tokens (the
+request with the least prompt left goes first, so a short request is not stuck behind a long prompt),
+then the next token of every generating slot in one batched forward pass; a new request joins at the
+next turn. A slot's results do not depend on the others (see camelid.engine).
 
 A new request goes to the free slot whose cache shares the longest prefix with its prompt (the next
 turn of a conversation lands where the previous turn left its keys and values), else to the least
