@@ -189,13 +189,9 @@ def zeros_i32(typingctx):
     return I32x16(), codegen
 
 
-def _dot_bytes_ir(builder, acc, u, s):
-    """IR of acc + the sums of 4 products u * s (64 bytes each: u unsigned, s signed) per int32 lane."""
-    if INT8_DOT == "vnni":
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
-                                            "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(fn, [acc, u, s])
-    width = 64 if INT8_DOT == "avx512bw" else 32  # bytes per instruction
+def _maddubs_parts(builder):
+    """The instruction width this CPU's int8 path uses: (bytes per instruction, vpmaddubsw, vpmaddwd)."""
+    width = 64 if INT8_DOT == "avx512bw" else 32
     prefix = "llvm.x86.avx512." if width == 64 else "llvm.x86.avx2."
     v_i8 = ir.VectorType(_I8, width)
     v_i16 = ir.VectorType(_I16, width // 2)
@@ -204,15 +200,47 @@ def _dot_bytes_ir(builder, acc, u, s):
                                              prefix + ("pmaddubs.w.512" if width == 64 else "pmadd.ub.sw"))
     maddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_i32, [v_i16, v_i16]),
                                             prefix + ("pmaddw.d.512" if width == 64 else "pmadd.wd"))
-    ones = ir.Constant(v_i16, [1] * (width // 2))
-    sums = []
-    for half in range(64 // width):
-        pick = ir.Constant(ir.VectorType(_I32, width), list(range(half * width, (half + 1) * width)))
-        uh = builder.shuffle_vector(u, ir.Constant(_V_I8, None), pick) if width < 64 else u
-        sh = builder.shuffle_vector(s, ir.Constant(_V_I8, None), pick) if width < 64 else s
-        sums.append(builder.call(maddwd, [builder.call(maddubs, [uh, sh]), ones]))
-    total = sums[0] if len(sums) == 1 else builder.shuffle_vector(sums[0], sums[1], ir.Constant(_V_I32, list(range(16))))
-    return builder.add(acc, total)
+    return width, maddubs, maddwd
+
+
+def _halves(builder, x, width):
+    """A 512-bit vector as the pieces of `width` elements one instruction takes (itself when it fits)."""
+    n = x.type.count
+    if width == n:
+        return [x]
+    undef = ir.Constant(x.type, None)
+    return [builder.shuffle_vector(x, undef, ir.Constant(ir.VectorType(_I32, width), list(range(h * width, (h + 1) * width))))
+            for h in range(n // width)]
+
+
+def _join(builder, parts):
+    """The pieces of `_halves` back as one vector."""
+    if len(parts) == 1:
+        return parts[0]
+    n = parts[0].type.count
+    return builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n))))
+
+
+def _maddubs_ir(builder, u, s):
+    """IR of vpmaddubsw on 64 bytes: <32 x i16> saturated sums of the products u * s of bytes 2i, 2i+1."""
+    width, maddubs, _ = _maddubs_parts(builder)
+    return _join(builder, [builder.call(maddubs, [uh, sh]) for uh, sh in zip(_halves(builder, u, width), _halves(builder, s, width))])
+
+
+def _pairs_to_i32_ir(builder, pairs):
+    """IR of vpmaddwd by ones on <32 x i16>: the sums of halves 2i and 2i+1 as <16 x i32>."""
+    width, _, maddwd = _maddubs_parts(builder)
+    ones = ir.Constant(ir.VectorType(_I16, width // 2), [1] * (width // 2))
+    return _join(builder, [builder.call(maddwd, [p, ones]) for p in _halves(builder, pairs, width // 2)])
+
+
+def _dot_bytes_ir(builder, acc, u, s):
+    """IR of acc + the sums of 4 products u * s (64 bytes each: u unsigned, s signed) per int32 lane."""
+    if INT8_DOT == "vnni":
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [_V_I32, _V_I8, _V_I8]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc, u, s])
+    return builder.add(acc, _pairs_to_i32_ir(builder, _maddubs_ir(builder, u, s)))
 
 
 @intrinsic
@@ -222,6 +250,34 @@ def dot_bytes(typingctx, acc, unsigned_bytes, signed_bytes):
         return _dot_bytes_ir(builder, args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8))
 
     return I32x16(I32x16, I32x16, I32x16), codegen
+
+
+@intrinsic
+def dot_bytes_i16(typingctx, acc, unsigned_bytes, signed_bytes):
+    """`dot_bytes` for an accumulator whose pair sums stay 16-bit until `add_i16_pairs`: without VNNI,
+    acc's int16 halves plus vpmaddubsw's pair sums (products of bytes 4i, 4i+1 into the low half of
+    lane i, of 4i+2, 4i+3 into the high half), so that a run of products costs one vpmaddwd instead of
+    one each; with VNNI, `dot_bytes`. Exact while no half ever passes 32767 in magnitude: the caller
+    keeps each run to 16 products of 4-bit codes (15 x 127 x 16 = 30480). Start acc at zeros_i32."""
+    def codegen(context, builder, sig, args):
+        acc, u, s = args[0], builder.bitcast(args[1], _V_I8), builder.bitcast(args[2], _V_I8)
+        if INT8_DOT == "vnni":
+            return _dot_bytes_ir(builder, acc, u, s)
+        v_i16 = ir.VectorType(_I16, 32)
+        return builder.bitcast(builder.add(builder.bitcast(acc, v_i16), _maddubs_ir(builder, u, s)), _V_I32)
+
+    return I32x16(I32x16, I32x16, I32x16), codegen
+
+
+@intrinsic
+def add_i16_pairs(typingctx, acc, pairs):
+    """Lane i of the int32 acc plus lane i of a `dot_bytes_i16` accumulator (its two halves, without VNNI)."""
+    def codegen(context, builder, sig, args):
+        if INT8_DOT == "vnni":
+            return builder.add(args[0], args[1])
+        return builder.add(args[0], _pairs_to_i32_ir(builder, builder.bitcast(args[1], ir.VectorType(_I16, 32))))
+
+    return I32x16(I32x16, I32x16), codegen
 
 
 @intrinsic

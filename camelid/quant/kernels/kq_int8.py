@@ -73,25 +73,25 @@ def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, n_gemm,
                     s0 = s1 = s2 = s3 = v.zeros_i32()
                     m0 = m1 = m2 = m3 = v.zeros_i32()
                     for j in range(U(8)):
-                        i0 = i1 = i2 = i3 = v.zeros_i32()
+                        p0 = p1 = p2 = p3 = v.zeros_i32()  # 16 products of 4-bit codes per int16 half: no overflow
                         for s in range(U(4)):
                             lo, hi = step_codes(w, wg + (b * U(32) + j * U(4) + s) * U(64), True)
                             a = t * uin + b * U(QK) + j * U(32) + s * U(8)
-                            i0 = v.dot_bytes(v.dot_bytes(i0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            p0 = v.dot_bytes_i16(v.dot_bytes_i16(p0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                             a += uin
-                            i1 = v.dot_bytes(v.dot_bytes(i1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            p1 = v.dot_bytes_i16(v.dot_bytes_i16(p1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                             a += uin
-                            i2 = v.dot_bytes(v.dot_bytes(i2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            p2 = v.dot_bytes_i16(v.dot_bytes_i16(p2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                             a += uin
-                            i3 = v.dot_bytes(v.dot_bytes(i3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            p3 = v.dot_bytes_i16(v.dot_bytes_i16(p3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                         osm = ob * U(8) + j * U(ROWS)
                         scales = v.load_u8_as_i32(sc, osm)
                         mins = v.load_u8_as_i32(mn, osm)
                         si = (t * n_sb + b) * U(8) + j
-                        s0 = v.add_i32(s0, v.mul_i32(i0, scales))
-                        s1 = v.add_i32(s1, v.mul_i32(i1, scales))
-                        s2 = v.add_i32(s2, v.mul_i32(i2, scales))
-                        s3 = v.add_i32(s3, v.mul_i32(i3, scales))
+                        s0 = v.add_i32(s0, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p0), scales))
+                        s1 = v.add_i32(s1, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p1), scales))
+                        s2 = v.add_i32(s2, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p2), scales))
+                        s3 = v.add_i32(s3, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p3), scales))
                         m0 = v.add_i32(m0, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si))))
                         m1 = v.add_i32(m1, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(8) * n_sb))))
                         m2 = v.add_i32(m2, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(16) * n_sb))))
@@ -123,13 +123,13 @@ def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, n_gemm,
                     s = v.zeros_i32()
                     m = v.zeros_i32()
                     for j in range(U(8)):
-                        isum = v.zeros_i32()
+                        pairs = v.zeros_i32()
                         for st in range(U(4)):
                             lo, hi = step_codes(w, wg + (b * U(32) + j * U(4) + st) * U(64), True)
                             a = t * uin + b * U(QK) + j * U(32) + st * U(8)
-                            isum = v.dot_bytes(v.dot_bytes(isum, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            pairs = v.dot_bytes_i16(v.dot_bytes_i16(pairs, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                         osm = ob * U(8) + j * U(ROWS)
-                        s = v.add_i32(s, v.mul_i32(isum, v.load_u8_as_i32(sc, osm)))
+                        s = v.add_i32(s, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), pairs), v.load_u8_as_i32(sc, osm)))
                         m = v.add_i32(m, v.mul_i32(v.load_u8_as_i32(mn, osm), v.broadcast_i32(_sum32(sums16, (t * n_sb + b) * U(8) + j))))
                     da = v.broadcast_f32(ad[t * n_sb + b])
                     acc = v.fma(v.to_f32(s), v.mul(v.load_f16(d, ob), da), acc)

@@ -78,20 +78,21 @@ def _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks):
                 acc2 = v.zeros_f32()
                 acc3 = v.zeros_f32()
                 for b in range(nb):
-                    s0 = v.broadcast_i32(sums32[t * nb + b])
-                    s1 = v.broadcast_i32(sums32[(t + U(1)) * nb + b])
-                    s2 = v.broadcast_i32(sums32[(t + U(2)) * nb + b])
-                    s3 = v.broadcast_i32(sums32[(t + U(3)) * nb + b])
+                    p0 = p1 = p2 = p3 = v.zeros_i32()
                     for s in range(U(4)):
                         lo, hi = step_codes(w, wg + (b * U(4) + s) * U(64), True)
                         a = t * uin + b * U(32) + s * U(8)
-                        s0 = v.dot_bytes(v.dot_bytes(s0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        p0 = v.dot_bytes_i16(v.dot_bytes_i16(p0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                         a += uin
-                        s1 = v.dot_bytes(v.dot_bytes(s1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        p1 = v.dot_bytes_i16(v.dot_bytes_i16(p1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                         a += uin
-                        s2 = v.dot_bytes(v.dot_bytes(s2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        p2 = v.dot_bytes_i16(v.dot_bytes_i16(p2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
                         a += uin
-                        s3 = v.dot_bytes(v.dot_bytes(s3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        p3 = v.dot_bytes_i16(v.dot_bytes_i16(p3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                    s0 = v.add_i16_pairs(v.broadcast_i32(sums32[t * nb + b]), p0)
+                    s1 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(1)) * nb + b]), p1)
+                    s2 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(2)) * nb + b]), p2)
+                    s3 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(3)) * nb + b]), p3)
                     dw = v.load_f16(d, dg + b * U(ROWS))
                     acc0 = v.fma(v.to_f32(s0), v.mul(dw, v.broadcast_f32(ad[t * nb + b])), acc0)
                     acc1 = v.fma(v.to_f32(s1), v.mul(dw, v.broadcast_f32(ad[(t + U(1)) * nb + b])), acc1)
@@ -104,11 +105,12 @@ def _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks):
             for t in range(n4, U(n_tok)):
                 acc = v.zeros_f32()
                 for b in range(nb):
-                    isum = v.broadcast_i32(sums32[t * nb + b])
+                    pairs = v.zeros_i32()
                     for s in range(U(4)):
                         lo, hi = step_codes(w, wg + (b * U(4) + s) * U(64), True)
                         a = t * uin + b * U(32) + s * U(8)
-                        isum = v.dot_bytes(v.dot_bytes(isum, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        pairs = v.dot_bytes_i16(v.dot_bytes_i16(pairs, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                    isum = v.add_i16_pairs(v.broadcast_i32(sums32[t * nb + b]), pairs)
                     dw = v.load_f16(d, dg + b * U(ROWS))
                     acc = v.fma(v.to_f32(isum), v.mul(dw, v.broadcast_f32(ad[t * nb + b])), acc)
                 store_group(out, t * uout + row0, n_valid, acc, tmp)
