@@ -105,6 +105,27 @@ class Model:
         """The whole completion of `prompt` as one string; keywords as for stream()."""
         return "".join(chunk.text for chunk in self.stream(prompt, **kwargs))
 
+    def embed(self, texts: str | Sequence[str], *, pooling: str | None = None, normalize: bool = True) -> np.ndarray:
+        """Embeddings of one text (n_embd,) or of several (n_texts, n_embd), float32.
+
+        pooling: "mean", "cls", "last" or "none" (every token's vector: a list of (n_tokens, n_embd)
+        arrays); default: what the file says, else mean, as llama-server --embeddings. normalize
+        divides each vector by its Euclidean norm. Each text runs alone, with BOS (and EOS where the
+        tokenizer adds one), and must fit in the context.
+        """
+        from camelid.embeddings import check_pooling, embed_tokens, file_pooling
+
+        pooling = check_pooling(file_pooling(self.metadata) if pooling is None else pooling)
+        one = isinstance(texts, str)
+        token_lists = [self.tokenize(t, add_special=True, parse_special=True) for t in ([texts] if one else texts)]
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) > self.n_ctx:
+                raise CamelidError(f"text {i} is {len(tokens)} tokens, more than the context of {self.n_ctx}; shorten it or load with a larger n_ctx.")
+        vectors = [embed_tokens(self.network, tokens, pooling, normalize) for tokens in token_lists]
+        if one:
+            return vectors[0]
+        return vectors if pooling == "none" else np.stack(vectors) if vectors else np.zeros((0, self.config.n_embd), np.float32)
+
     def chat(self, system: str | None = None, **kwargs):
         """A ChatSession on this model: call .send(text) to stream a reply, .reply(text) for a string."""
         from camelid.chat.session import ChatSession

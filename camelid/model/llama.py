@@ -184,6 +184,17 @@ class LlamaModel:
             return parts[-1] if last_only else np.concatenate(parts)
         return self._run(tokens, [cache], last_only=last_only, single_rows=False)
 
+    def hidden_states(self, tokens, cache: KVCache) -> np.ndarray:
+        """The last layer's output of every token, after the output norm, (n, n_embd) float32: what
+        llama.cpp pools into embeddings. Runs tokens at positions cache.n_past.. and appends them to
+        the cache, in batches of UBATCH as `forward`."""
+        tokens = self._check_tokens(tokens)
+        if cache.n_past + len(tokens) > cache.n_ctx:
+            raise CamelidError(f"{cache.n_past + len(tokens)} tokens do not fit in the context of {cache.n_ctx}; use a larger context (-c) or a shorter text.")
+        parts = [self._run(tokens[i:i + UBATCH], [cache], last_only=False, single_rows=False, head=False)
+                 for i in range(0, len(tokens), UBATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.config.n_embd), np.float32)
+
     def decode(self, tokens, caches: list[KVCache]) -> np.ndarray:
         """One step of several sequences in one pass: tokens[i] (one per sequence) at position
         caches[i].n_past, appended to caches[i]. Returns logits (n_seq, n_vocab) float32.
@@ -209,9 +220,10 @@ class LlamaModel:
             raise CamelidError(f"token id out of range 0..{self.n_vocab - 1}.")
         return tokens
 
-    def _run(self, tokens: np.ndarray, caches: list[KVCache], last_only: bool, single_rows: bool) -> np.ndarray:
+    def _run(self, tokens: np.ndarray, caches: list[KVCache], last_only: bool, single_rows: bool, head: bool = True) -> np.ndarray:
         """The forward pass of `tokens`: all of them for caches[0] (one cache), or one for each cache
-        (several). Appends each cache's tokens to it; returns logits (n, n_vocab), or the last row's."""
+        (several). Appends each cache's tokens to it; returns logits (n, n_vocab), or the last row's;
+        without head, the output-normed hidden states (n, n_embd) instead of logits."""
         c = self.config
         n = len(tokens)
         # the rows of each cache: (cache, first row, position of the first row)
@@ -260,7 +272,10 @@ class LlamaModel:
             x = x + y
         for cache, row, _ in spans:
             cache.tokens.extend(int(t) for t in tokens[row:row + rows_per])
-        logits = self.output.matmul(rms_norm(x, self.output_norm, c.rms_eps), single_rows)  # (n, n_vocab)
+        x = rms_norm(x, self.output_norm, c.rms_eps)
+        if not head:
+            return x
+        logits = self.output.matmul(x, single_rows)  # (n, n_vocab)
         if c.logit_softcap:
             cap = np.float32(c.logit_softcap)
             logits = np.tanh(logits * (np.float32(1.0) / cap)) * cap

@@ -174,6 +174,10 @@ class Llama:
         """llama.cpp's greedy continuation and the logits (len, n_vocab) each token was chosen from."""
         return call("llama.greedy", self.spec, list(prompt), n, stop_at_eog)
 
+    def embeddings(self, texts: list[str], pooling: int = 1, normalize: bool = True) -> np.ndarray:
+        """llama.cpp's embeddings of texts, (len(texts), n_embd); pooling 1 mean, 2 cls, 3 last."""
+        return call("llama.embeddings", self.spec, texts, pooling, normalize)
+
     def logits_after_shift(self, tokens: list[int], keep: int, drop: int, next_token: int) -> np.ndarray:
         """(n_vocab,): tokens, then llama.cpp's K-shift dropping [keep, keep + drop), then next_token."""
         return call("llama.logits_after_shift", self.spec, list(tokens), keep, drop, next_token)

@@ -122,6 +122,18 @@ def logits_after_shift(spec, tokens: list[int], keep: int, drop: int, next_token
     return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
 
 
+def embeddings(spec, texts: list[str], pooling: int, normalize: bool) -> np.ndarray:
+    """(len(texts), n_embd) float32: llama.cpp's pooled embeddings of each text (BOS added, special
+    tokens not parsed), pooling as llama_pooling_type (1 mean, 2 cls, 3 last)."""
+    path, n_ctx, _ = spec
+    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True, pooling_type=pooling,
+                          n_threads=N_THREADS, verbose=False)
+    try:
+        return np.array([llm.embed(t, normalize=normalize) for t in texts], dtype=np.float32)
+    finally:
+        llm.close()
+
+
 def quantize(src: str, dst: str, ftype: int, allow_requantize: bool) -> None:
     """llama_model_quantize(src, dst) to a llama_ftype; raises when llama.cpp refuses."""
     params = llama_cpp.llama_model_quantize_default_params()
