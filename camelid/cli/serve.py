@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file, or a name to pull: qwen2.5:0.5b, hf.co/USER/REPO:Q4_K_M (default: SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("-hf", "--hf-repo", dest="model", type=hf_repo, metavar="USER/REPO[:QUANT]",
                    help="as llama.cpp's -hf: same as -m hf.co/USER/REPO[:QUANT]")
+    p.add_argument("-a", "--alias", metavar="NAME", action="append", default=[],
+                   help="also list the model under this name in /v1/models (repeatable); requests may name any model "
+                        "and this one answers")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("CAMELID_API_KEY"),
@@ -130,7 +133,7 @@ def serve(args: argparse.Namespace) -> int:
     model = camelid.load(args.model, n_ctx=slot_ctx, chat_template=args.chat_template, n_threads=args.threads)
     model.template.variables.update(args.chat_template_kwargs)
     app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits,
-                     worker_thread=False)
+                     worker_thread=False, aliases=tuple(args.alias))
     shown = f"[{host}]" if ":" in host else host
     print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "
           f"(OpenAI API at http://{shown}:{port}/v1, {args.parallel} slots of {model.n_ctx} tokens, data in {data_dir})",

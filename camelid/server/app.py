@@ -1,8 +1,8 @@
 """The HTTP server: an OpenAI-compatible API on a loaded Model, plus the web chat page when present.
 
 create_app(model) returns a FastAPI app with POST /v1/chat/completions and /v1/completions
-(streamed as server-sent events or not), GET /v1/models, /health, /tokenize, /detokenize and
-/metrics. Generation runs in camelid.server.slots' worker thread; every error, including a body
+(streamed as server-sent events or not), POST /v1/embeddings, GET /v1/models, /health, /tokenize,
+/detokenize and /metrics. Generation runs in camelid.server.slots' worker thread; every error, including a body
 that is not JSON or too large and a missing API key, is answered in OpenAI's error shape. The caps
 of camelid.server.limits.Limits apply: body size and lone surrogates (camelid.server.guard), prompt
 and generated tokens, the queue (429 with Retry-After), and the time limit of each request.
@@ -27,14 +27,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from camelid import __version__
+from camelid.embeddings import file_pooling
 from camelid.errors import CamelidError
+from camelid.sampling import SamplingParams
 from camelid.server import openai_schema as oai
 from camelid.server.guard import APIError, Guard, error_response
 from camelid.server.host_check import HostCheck
 from camelid.server.limits import RETRY_AFTER_SECONDS, Limits
 from camelid.server.metrics import Metrics
+from camelid.server.ollama import Serving, make_ollama_router
 from camelid.server.openai_schema import (
-    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InvalidParam, TokenizeRequest,
+    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, InvalidParam, TokenizeRequest,
 )
 from camelid.server.slots import Failed, Finished, Job, Piece, QueueFull, Scheduler
 
@@ -60,16 +63,16 @@ def _validation_message(exc: RequestValidationError, request: Request) -> tuple[
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return error_response(exc, metrics)
+        return error_response(exc, metrics, request.url.path)
 
     @app.exception_handler(CamelidError)
     async def camelid_error(request: Request, exc: CamelidError):
-        return error_response(APIError(400, str(exc), param=getattr(exc, "param", None)), metrics)
+        return error_response(APIError(400, str(exc), param=getattr(exc, "param", None)), metrics, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         message, param = _validation_message(exc, request)
-        return error_response(APIError(400, message, param=param), metrics)
+        return error_response(APIError(400, message, param=param), metrics, request.url.path)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -81,12 +84,13 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             message, code = f"the request body could not be read as JSON ({exc.detail}); send UTF-8 JSON.", None
         else:
             message, code = str(exc.detail), ("request_too_large" if exc.status_code == 413 else None)
-        return error_response(APIError(exc.status_code, message, code=code), metrics)
+        return error_response(APIError(exc.status_code, message, code=code), metrics, request.url.path)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         log.exception("unexpected error in %s %s", request.method, request.url.path)
-        return error_response(APIError(500, f"internal server error ({type(exc).__name__}); see the server log.", "server_error"), metrics)
+        return error_response(APIError(500, f"internal server error ({type(exc).__name__}); see the server log.", "server_error"), metrics,
+                              request.url.path)
 
 
 def _sse(obj) -> str:
@@ -94,7 +98,8 @@ def _sse(obj) -> str:
 
 
 def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir: str | os.PathLike | None = None,
-               hosts: HostCheck | None = None, limits: Limits | None = None, worker_thread: bool = True) -> FastAPI:
+               hosts: HostCheck | None = None, limits: Limits | None = None, worker_thread: bool = True,
+               aliases: tuple[str, ...] = ()) -> FastAPI:
     """The FastAPI app serving `model` (a camelid Model) with n_slots parallel KV caches.
 
     api_key, when set, is required on the API routes; data_dir, when set, is where the web chat page
@@ -104,6 +109,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     camelid.server.limits.stall_guarded(...) as its http protocol, as `camelid serve` does.
     With worker_thread the app's startup runs the generation worker on a thread of its own; without,
     the caller runs `app.state.scheduler.run()` itself (`camelid serve` does, on the main thread).
+    A request may name any model (clients often send a fixed name such as gpt-4o-mini): the one model
+    answers, under the name asked for; /v1/models lists the file's name and the aliases.
     """
     limits = limits or Limits()
     limits.check()
@@ -111,9 +118,11 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     scheduler = Scheduler(model, n_slots, metrics, max_queue=limits.max_queue)
     max_prompt = min(model.n_ctx - 1, limits.max_prompt_tokens or model.n_ctx)
     model_id = os.path.basename(model.path)
-    model_names = {model_id, Path(model_id).stem}
+    model_names = [model_id, *(a for a in dict.fromkeys(aliases) if a != model_id)]  # what /v1/models lists
+    known_names = {*model_names, Path(model_id).stem}
     created = int(os.path.getmtime(model.path))
     tok = model.tokenizer
+    pooling = file_pooling(model.metadata)
     max_token_bytes = max(1, max(len(tok.token_to_bytes(i, True)) for i in range(tok.n_vocab)))
 
     @asynccontextmanager
@@ -130,14 +139,13 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     app.add_middleware(Guard, api_key=api_key, max_body=limits.max_body_bytes, metrics=metrics,
                        hosts=hosts or HostCheck.for_address("127.0.0.1", None))
 
-    def check_model(name: str | None) -> None:
-        if name is not None and name not in model_names:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r} (GET /v1/models).",
-                           param="model", code="model_not_found")
+    def served_name(name: str | None) -> str:
+        """The model name a response carries: the one the request gave, else the file's."""
+        return name or model_id
 
-    def model_card() -> dict:
+    def model_card(name: str) -> dict:
         c = model.config
-        return {"id": model_id, "object": "model", "created": created, "owned_by": "camelid",
+        return {"id": name, "object": "model", "created": created, "owned_by": "camelid",
                 "meta": {"n_ctx": model.n_ctx, "n_ctx_train": c.n_ctx_train, "n_vocab": tok.n_vocab,
                          "name": model.metadata.get("general.name")}}
 
@@ -177,10 +185,10 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         return APIError(status, message, "rate_limit_error" if status == 429 else "unavailable_error",
                         code="queue_full" if status == 429 else "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    def submit(prompt: list[int], body: oai.SamplingFields, max_tokens: int | None, stops: list[str], top_logprobs: int | None,
-               deadline: float) -> Job:
-        job = Job(prompt, limits.max_tokens if max_tokens is None else max_tokens, body.sampling(), stops,
-                  asyncio.get_running_loop(), ignore_eos=body.ignore_eos, top_logprobs=top_logprobs, deadline=deadline)
+    def submit(prompt: list[int], sampling: SamplingParams, ignore_eos: bool, max_tokens: int | None, stops: list[str],
+               top_logprobs: int | None, deadline: float) -> Job:
+        job = Job(prompt, limits.max_tokens if max_tokens is None else max_tokens, sampling, stops,
+                  asyncio.get_running_loop(), ignore_eos=ignore_eos, top_logprobs=top_logprobs, deadline=deadline)
         try:
             scheduler.submit(job)
         except QueueFull as exc:
@@ -228,7 +236,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
 
         def wrap(choices, **extra):
             kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"
-            return oai.envelope(kind, id_, now, model_id, choices, **extra)
+            return oai.envelope(kind, id_, now, served_name(body.model), choices, **extra)
 
         def final_objects(done: Finished) -> tuple[dict, dict]:
             return (oai.usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens),
@@ -289,31 +297,32 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
 
     @app.get("/v1/models", tags=["openai"])
     async def list_models():
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(name) for name in model_names]}
 
     @app.get("/v1/models/{name:path}", tags=["openai"])
     async def get_model(name: str):
-        check_model(name)
-        return model_card()
+        if name not in known_names:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_id!r} (GET /v1/models).",
+                           param="model", code="model_not_found")
+        return model_card(name)
 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         """Reply to a conversation, rendered with the model's chat template."""
         deadline = time.monotonic() + limits.timeout
-        check_model(body.model)
         body.sampling()
         top_logprobs = body.top_logprobs_count()
         prompt = await asyncio.to_thread(chat_prompt, body.plain_messages(), body.template_variables())
         check_room(prompt, body.token_limit(), "messages")
         metrics.count_request("/v1/chat/completions")
-        job = submit(prompt, body, body.token_limit(), model.template.stop_strings + body.stop_strings(), top_logprobs, deadline)
+        job = submit(prompt, body.sampling(), body.ignore_eos, body.token_limit(), model.template.stop_strings + body.stop_strings(),
+                     top_logprobs, deadline)
         return await respond(job, request, body, chat=True)
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request):
         """Continue a prompt (text or token ids)."""
         deadline = time.monotonic() + limits.timeout
-        check_model(body.model)
         body.sampling()
         prompt = body.single_prompt()
         if isinstance(prompt, str):
@@ -326,8 +335,42 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             tokens, echo = list(prompt), tok.decode(prompt)
         check_room(tokens, body.max_tokens, "prompt")
         metrics.count_request("/v1/completions")
-        job = submit(tokens, body, body.max_tokens, body.stop_strings(), body.logprobs, deadline)
+        job = submit(tokens, body.sampling(), body.ignore_eos, body.max_tokens, body.stop_strings(), body.logprobs, deadline)
         return await respond(job, request, body, chat=False, echo=echo if body.echo else "")
+
+    def embedding_tokens(item: str | list[int], param: str) -> list[int]:
+        if isinstance(item, str):
+            tokens = tokenize_text(item, param, True)
+        else:
+            bad = [t for t in item if not 0 <= t < tok.n_vocab]
+            if bad:
+                raise InvalidParam(param, f"token id {bad[0]} is outside the vocabulary (0..{tok.n_vocab - 1}).")
+            tokens = list(item)
+        if not tokens:
+            raise InvalidParam(param, f"{param} is empty and this model adds no BOS token; give some text.")
+        if len(tokens) > model.n_ctx:
+            raise APIError(400, f"{param} is {len(tokens)} tokens but the context holds {model.n_ctx}; shorten it "
+                                "(or start the server with a larger --ctx-size).", param=param, code="context_length_exceeded")
+        return tokens
+
+    @app.post("/v1/embeddings", tags=["openai"])
+    async def embeddings(body: EmbeddingRequest):
+        """Embeddings of texts: the last layer's normalized hidden states, pooled as the model's file says
+        (mean when it says nothing), as llama-server --embeddings."""
+        if body.dimensions is not None and body.dimensions != model.config.n_embd:
+            raise InvalidParam("dimensions", f"this model's embeddings have {model.config.n_embd} dimensions; "
+                                             f"leave out dimensions or give {model.config.n_embd}.")
+        if pooling == "none":
+            raise InvalidParam("input", "this model's file asks for no pooling (one vector per token), which the OpenAI "
+                                        "embeddings API cannot return.")
+        items = body.inputs()
+        inputs = await asyncio.to_thread(lambda: [embedding_tokens(item, f"input[{i}]" if len(items) > 1 else "input")
+                                                  for i, item in enumerate(items)])
+        metrics.count_request("/v1/embeddings")
+        vectors = await scheduler.embed(inputs, pooling)
+        if isinstance(vectors, Failed):
+            raise APIError(vectors.status, vectors.message, "invalid_request_error" if vectors.status < 500 else "server_error")
+        return JSONResponse(oai.embedding_list(vectors, served_name(body.model), sum(map(len, inputs)), body.encoding_format == "base64"))
 
     @app.post("/tokenize", tags=["server"])
     async def tokenize(body: TokenizeRequest):
@@ -351,6 +394,10 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         busy, waiting = scheduler.load()
         return PlainTextResponse(metrics.render(busy, len(scheduler.slots), waiting), media_type="text/plain; version=0.0.4")
 
+    app.include_router(make_ollama_router(Serving(
+        model=model, model_id=model_id, pooling=pooling, scheduler=scheduler, metrics=metrics, timeout=limits.timeout,
+        max_tokens=limits.max_tokens, chat_prompt=chat_prompt, tokenize_text=tokenize_text, check_room=check_room,
+        embedding_tokens=embedding_tokens, submit=submit, events=events)))
     if data_dir is not None and importlib.util.find_spec("camelid.server.web") is not None:
         from camelid.server.web import make_web_router
 

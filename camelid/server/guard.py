@@ -37,11 +37,16 @@ class APIError(Exception):
         self.headers = headers
 
 
-def error_response(error: APIError, metrics: Metrics) -> JSONResponse:
-    """The JSON response of an APIError, counted in the metrics."""
+# Ollama's API (camelid.server.ollama): its errors are {"error": "message"}
+OLLAMA_PATHS = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/tags", "/api/show", "/api/ps",
+                "/api/version")
+
+
+def error_response(error: APIError, metrics: Metrics, path: str = "") -> JSONResponse:
+    """The JSON response of an APIError, counted in the metrics: OpenAI's error object, or Ollama's on its paths."""
     metrics.count_error(error.status)
-    return JSONResponse(oai.error_body(error.message, error.type, error.param, error.code), status_code=error.status,
-                        headers=error.headers)
+    body = {"error": error.message} if path in OLLAMA_PATHS else oai.error_body(error.message, error.type, error.param, error.code)
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 class Guard:
@@ -59,7 +64,7 @@ class Guard:
         if error is None:
             message, error = await self._read_body(receive)
         if error is not None:
-            return await error_response(error, self.metrics)(scope, receive, send)
+            return await error_response(error, self.metrics, scope["path"])(scope, receive, send)
         pending = [message]
 
         async def replay():
@@ -79,7 +84,7 @@ class Guard:
                 raise
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             error = APIError(500, f"internal server error ({type(exc).__name__}); see the server log.", "server_error")
-            await error_response(error, self.metrics)(scope, receive, send)
+            await error_response(error, self.metrics, scope["path"])(scope, receive, send)
 
     async def _read_body(self, receive) -> tuple[dict, APIError | None]:
         """The request body as one ASGI message (or the disconnect that cut it short), or the error

@@ -9,7 +9,10 @@ Responses are plain dicts in OpenAI's shapes, built by the functions at the bott
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal, Sequence
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -172,6 +175,29 @@ class CompletionRequest(SamplingFields):
         return prompt
 
 
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings: one or several texts (or token-id lists), pooled as the model's file says."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        """The texts or token-id lists to embed, in order."""
+        given = self.input
+        if isinstance(given, str):
+            return [given]
+        if given and all(isinstance(t, int) for t in given):
+            return [list(given)]
+        if not given:
+            raise InvalidParam("input", "input is empty; give a text or a list of texts.")
+        return list(given)
+
+
 class TokenizeRequest(BaseModel):
     """POST /tokenize, as llama.cpp's server."""
 
@@ -259,6 +285,16 @@ def chat_choice(content: str | None, finish_reason: str | None, logprobs: dict |
 
 def completion_choice(text: str, finish_reason: str | None, logprobs: dict | None) -> dict:
     return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def embedding_list(vectors: Sequence, model: str, n_tokens: int, base64_floats: bool) -> dict:
+    """OpenAI's embeddings response: float lists, or base64 of little-endian float32 bytes (what the
+    official client asks for by default)."""
+    def encode(v):
+        return base64.b64encode(np.asarray(v, "<f4").tobytes()).decode("ascii") if base64_floats else [float(x) for x in v]
+
+    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
 def envelope(object_: str, id_: str, created: int, model: str, choices: list[dict], **extra) -> dict:

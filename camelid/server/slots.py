@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numba
 
+from camelid.embeddings import embed_tokens
 from camelid.engine import Engine, GenerationChunk, GenerationSequence, Request, TokenLogprob
 from camelid.errors import CamelidError
 from camelid.model.cache import KVCache
@@ -102,6 +103,28 @@ class Job:
             self.cancelled.set()
 
 
+@dataclass(eq=False)
+class EmbeddingJob:
+    """Token-id lists to embed, one vector each, run by the worker between two engine steps; the
+    vectors, or a Failed, come back through `future`."""
+
+    inputs: list[list[int]]
+    pooling: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+    def settle(self, outcome: list | Failed) -> None:
+        """Hand the vectors or the failure to the asyncio side (from the worker thread)."""
+        def set_result():
+            if not self.future.done():
+                self.future.set_result(outcome)
+
+        try:
+            self.loop.call_soon_threadsafe(set_result)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            pass
+
+
 class Slot:
     """A KV cache and the job (if any) generating in it."""
 
@@ -128,6 +151,7 @@ class Scheduler:
         self.slots = [Slot(i, model.new_cache()) for i in range(n_slots)]
         self.engine = Engine(model.network, model.tokenizer)
         self.waiting: deque[Job] = deque()
+        self.embedding_jobs: deque[EmbeddingJob] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -149,6 +173,8 @@ class Scheduler:
             for job in jobs:
                 job.post(Failed(503, SHUTTING_DOWN))
                 job.cancelled.set()
+            while self.embedding_jobs:
+                self.embedding_jobs.popleft().settle(Failed(503, SHUTTING_DOWN))
             self._cond.notify()
 
     def stop(self) -> None:
@@ -171,6 +197,18 @@ class Scheduler:
             self.waiting.append(job)
             self._cond.notify()
 
+    async def embed(self, inputs: list[list[int]], pooling: str) -> list | Failed:
+        """The embeddings of token-id lists (see camelid.embeddings), computed by the worker between
+        two engine steps; a Failed when they cannot be."""
+        loop = asyncio.get_running_loop()
+        job = EmbeddingJob(inputs, pooling, loop, loop.create_future())
+        with self._cond:
+            if self._closed:
+                return Failed(503, SHUTTING_DOWN)
+            self.embedding_jobs.append(job)
+            self._cond.notify()
+        return await job.future
+
     def cancel(self, job: Job) -> None:
         """Stop a job: dropped from the queue now, or its slot freed at the worker's next turn."""
         job.cancelled.set()
@@ -192,11 +230,15 @@ class Scheduler:
             with self._cond:
                 self._expire_waiting()
                 started = self._assign()
-                if not started and not any(s.job is not None for s in self.slots):
+                embeddings = list(self.embedding_jobs)
+                self.embedding_jobs.clear()
+                if not started and not embeddings and not any(s.job is not None for s in self.slots):
                     if self._closed:
                         return
                     self._cond.wait()
                     continue
+            for job in embeddings:
+                self._embed(job)
             for slot in started:
                 self._start(slot)
             self._turn()
@@ -239,6 +281,17 @@ class Scheduler:
         except CamelidError as exc:
             job.post(Failed(400, str(exc)))
             self._release(slot)
+
+    def _embed(self, job: EmbeddingJob) -> None:
+        if job.future.cancelled():
+            return
+        try:
+            job.settle([embed_tokens(self.model.network, tokens, job.pooling) for tokens in job.inputs])
+        except CamelidError as exc:
+            job.settle(Failed(400, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported to the client, logged here
+            log.error("embedding failed", exc_info=exc)
+            job.settle(Failed(500, f"internal error while embedding ({type(exc).__name__}); see the server log."))
 
     def _turn(self) -> None:
         """Free cancelled and timed-out slots, run one engine step, hand its chunks to the jobs."""
