@@ -13,6 +13,7 @@ from pathlib import Path
 
 from camelid.cli.options import add_template_options, hf_repo
 from camelid.errors import CamelidError
+from camelid.reasoning import REASONING_FORMATS
 from camelid.server.limits import Limits
 
 DEFAULT_PARALLEL = 4
@@ -48,6 +49,9 @@ def register(sub) -> None:
                    help="requests generated at once, each with its own KV cache; more wait in a queue (default: %(default)s)")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="kernel threads (default: the physical cores)")
     add_template_options(p)
+    p.add_argument("--reasoning-format", choices=REASONING_FORMATS, default="auto",
+                   help="where a thinking model's <think> text goes: deepseek puts it in reasoning_content (Ollama's API: "
+                        "thinking), none leaves it in the reply, auto (default) is deepseek for chat templates with <think> tags")
     p.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                    help=f"where the web page stores its conversations (default: {default_data_dir()})")
     limits = p.add_argument_group("limits on each request")
@@ -133,7 +137,8 @@ def serve(args: argparse.Namespace) -> int:
     model = camelid.load(args.model, n_ctx=slot_ctx, chat_template=args.chat_template, n_threads=args.threads)
     model.template.variables.update(args.chat_template_kwargs)
     app = create_app(model, n_slots=args.parallel, api_key=args.api_key or None, data_dir=data_dir, hosts=hosts, limits=limits,
-                     worker_thread=False, aliases=tuple(args.alias))
+                     worker_thread=False, aliases=tuple(args.alias),
+                     reasoning_format=args.reasoning_format)
     shown = f"[{host}]" if ":" in host else host
     print(f"camelid: serving {os.path.basename(model.path)} at http://{shown}:{port}/ "
           f"(OpenAI API at http://{shown}:{port}/v1, {args.parallel} slots of {model.n_ctx} tokens, data in {data_dir})",

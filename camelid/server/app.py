@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from camelid import __version__
 from camelid.embeddings import file_pooling
 from camelid.errors import CamelidError
+from camelid.reasoning import ReasoningSplitter, prompt_opens_thinking, splits_reasoning
 from camelid.sampling import SamplingParams
 from camelid.server import openai_schema as oai
 from camelid.server.guard import APIError, Guard, error_response
@@ -99,7 +100,7 @@ def _sse(obj) -> str:
 
 def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir: str | os.PathLike | None = None,
                hosts: HostCheck | None = None, limits: Limits | None = None, worker_thread: bool = True,
-               aliases: tuple[str, ...] = ()) -> FastAPI:
+               aliases: tuple[str, ...] = (), reasoning_format: str = "auto") -> FastAPI:
     """The FastAPI app serving `model` (a camelid Model) with n_slots parallel KV caches.
 
     api_key, when set, is required on the API routes; data_dir, when set, is where the web chat page
@@ -111,6 +112,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     the caller runs `app.state.scheduler.run()` itself (`camelid serve` does, on the main thread).
     A request may name any model (clients often send a fixed name such as gpt-4o-mini): the one model
     answers, under the name asked for; /v1/models lists the file's name and the aliases.
+    reasoning_format (camelid.reasoning: auto, deepseek or none) says whether a chat reply's <think>
+    text goes to reasoning_content.
     """
     limits = limits or Limits()
     limits.check()
@@ -123,6 +126,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     created = int(os.path.getmtime(model.path))
     tok = model.tokenizer
     pooling = file_pooling(model.metadata)
+    splits_reasoning(reasoning_format, "")  # an unknown name fails here
     max_token_bytes = max(1, max(len(tok.token_to_bytes(i, True)) for i in range(tok.n_vocab)))
 
     @asynccontextmanager
@@ -158,11 +162,11 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         check_text_size(text, param)
         return tok.encode(text, add_special=add_special, parse_special=True)
 
-    def chat_prompt(messages: list[dict[str, str]], variables: dict) -> list[int]:
-        """The conversation rendered with the model's chat template and tokenized, as ChatSession does."""
+    def chat_prompt(messages: list[dict[str, str]], variables: dict) -> tuple[list[int], str]:
+        """The conversation rendered with the model's chat template, tokenized as ChatSession does, and the text."""
         text = model.template.render(messages, add_generation_prompt=True, **variables)
         check_text_size(text, "messages")
-        return model.tokenize_chat(text)
+        return model.tokenize_chat(text), text
 
     def check_room(prompt: list[int], max_tokens: int | None, param: str) -> None:
         if not prompt:
@@ -223,16 +227,28 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             return None
         return oai.chat_logprobs(entries) if chat else oai.completion_logprobs(entries, offset)
 
-    async def respond(job: Job, request: Request, body: oai.SamplingFields, chat: bool, echo: str = ""):
-        """The OpenAI response for a submitted job: an SSE stream or one JSON object."""
+    async def respond(job: Job, request: Request, body: oai.SamplingFields, chat: bool, echo: str = "",
+                      splitter: ReasoningSplitter | None = None):
+        """The OpenAI response for a submitted job: an SSE stream or one JSON object. With a splitter
+        (chat only), the reply's reasoning goes to reasoning_content."""
         id_ = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         now = int(time.time())
         want_logprobs = job.top_logprobs is not None
 
-        def choice(text, finish, logprobs, *, delta, role=False):
+        def choice(text, finish, logprobs, *, delta, role=False, reasoning=None):
             if chat:
-                return oai.chat_choice(text, finish, logprobs, delta=delta, role=role)
+                return oai.chat_choice(text, finish, logprobs, delta=delta, role=role, reasoning=reasoning)
             return oai.completion_choice(text or "", finish, logprobs)
+
+        def split(text: str, last: bool = False) -> tuple[str | None, str]:
+            """(reasoning, content) of new reply text (and, when last, of what the splitter held back)."""
+            if splitter is None:
+                return None, text
+            reasoning, content = splitter.feed(text)
+            if last:
+                more = splitter.flush()
+                reasoning, content = reasoning + more[0], content + more[1]
+            return reasoning, content
 
         def wrap(choices, **extra):
             kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"
@@ -259,7 +275,9 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                 return JSONResponse({}, status_code=499)
             used, timed = final_objects(done)
             logprobs = render_logprobs(chat, entries if want_logprobs else None, 0)
-            return JSONResponse(wrap([choice("".join(pieces), done.finish_reason, logprobs, delta=False)], usage=used, timings=timed))
+            reasoning, content = split("".join(pieces), last=True)
+            return JSONResponse(wrap([choice(content, done.finish_reason, logprobs, delta=False, reasoning=reasoning)],
+                                     usage=used, timings=timed))
 
         extra = {"usage": None} if body.include_usage else {}
 
@@ -271,13 +289,19 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                 yield _sse(wrap([choice(echo, None, None, delta=True)], **extra))
             async for event in events(job, request, watch=False):
                 if isinstance(event, Piece):
-                    yield _sse(wrap([choice(event.text, None, render_logprobs(chat, event.logprobs, offset), delta=True)], **extra))
+                    reasoning, content = split(event.text)
+                    logprobs = render_logprobs(chat, event.logprobs, offset)
+                    if reasoning or content or logprobs or splitter is None:
+                        yield _sse(wrap([choice(content, None, logprobs, delta=True, reasoning=reasoning)], **extra))
                     offset += len(event.text)
                 elif isinstance(event, Failed):
                     metrics.count_error(event.status)
                     yield _sse(oai.error_body(event.message, "invalid_request_error" if event.status < 500 else "server_error"))
                     return
                 else:
+                    reasoning, content = split("", last=True)
+                    if reasoning or content:
+                        yield _sse(wrap([choice(content, None, None, delta=True, reasoning=reasoning)], **extra))
                     used, timed = final_objects(event)
                     last = wrap([choice(None, event.finish_reason, None, delta=True)], **extra)
                     if body.include_usage:
@@ -312,12 +336,17 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         deadline = time.monotonic() + limits.timeout
         body.sampling()
         top_logprobs = body.top_logprobs_count()
-        prompt = await asyncio.to_thread(chat_prompt, body.plain_messages(), body.template_variables())
+        prompt, text = await asyncio.to_thread(chat_prompt, body.plain_messages(), body.template_variables())
         check_room(prompt, body.token_limit(), "messages")
+        try:
+            split_replies = splits_reasoning(body.reasoning_format or reasoning_format, model.template.source)
+        except CamelidError as exc:
+            raise InvalidParam("reasoning_format", str(exc)) from None
         metrics.count_request("/v1/chat/completions")
         job = submit(prompt, body.sampling(), body.ignore_eos, body.token_limit(), model.template.stop_strings + body.stop_strings(),
                      top_logprobs, deadline)
-        return await respond(job, request, body, chat=True)
+        return await respond(job, request, body, chat=True,
+                             splitter=ReasoningSplitter(prompt_opens_thinking(text)) if split_replies else None)
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request):
@@ -396,6 +425,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
 
     app.include_router(make_ollama_router(Serving(
         model=model, model_id=model_id, pooling=pooling, scheduler=scheduler, metrics=metrics, timeout=limits.timeout,
+        reasoning_format=reasoning_format,
         max_tokens=limits.max_tokens, chat_prompt=chat_prompt, tokenize_text=tokenize_text, check_room=check_room,
         embedding_tokens=embedding_tokens, submit=submit, events=events)))
     if data_dir is not None and importlib.util.find_spec("camelid.server.web") is not None:

@@ -6,7 +6,9 @@ field names, durations in nanoseconds, errors as {"error": "..."}. Generation go
 scheduler as the OpenAI routes. The model is always loaded: any model name is answered by it,
 keep_alive is accepted and changes nothing, and options.num_ctx cannot grow the context the server
 started with (a request that does not fit ends with done_reason "length", as Ollama's does).
-Not supported yet, refused with a 400 that says so: images, format (JSON output), tools, think.
+A thinking model's reasoning (<think>...</think>, camelid.reasoning) comes in `thinking`; think=false
+sets the template's enable_thinking to false (Qwen3). Not supported yet, refused with a 400 that
+says so: images, format (JSON output), tools.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from camelid import __version__
 from camelid.chat.template import check_template_variables
 from camelid.errors import CamelidError
+from camelid.reasoning import ReasoningSplitter, prompt_opens_thinking, splits_reasoning, template_thinks
 from camelid.sampling import SamplingParams
 from camelid.server.guard import APIError
 from camelid.server.openai_schema import InvalidParam
@@ -50,7 +53,8 @@ class Serving:
     metrics: Any
     timeout: float
     max_tokens: int  # the server's cap on generated tokens
-    chat_prompt: Callable[[list[dict], dict], list[int]]
+    reasoning_format: str  # camelid.reasoning: auto, deepseek or none
+    chat_prompt: Callable[[list[dict], dict], tuple[list[int], str]]
     tokenize_text: Callable[[str, str, bool], list[int]]
     check_room: Callable[[list[int], int | None, str], None]
     embedding_tokens: Callable[[str | list[int], str], list[int]]
@@ -81,9 +85,6 @@ class _Generation(BaseModel):
     def refuse_unsupported(self) -> None:
         if self.format not in (None, ""):
             raise InvalidParam("format", "format (JSON or schema-constrained output) is not supported by camelid yet; leave it out.")
-        if self.think:
-            raise InvalidParam("think", "think is not supported by camelid yet: the thinking is not separated from the answer; "
-                                        "leave it out or send false.")
 
     def sampling(self) -> SamplingParams:
         options = self.options or {}
@@ -190,38 +191,69 @@ def make_ollama_router(s: Serving) -> APIRouter:
             max_tokens = min(s.max_tokens, model.n_ctx - len(prompt))
         return s.submit(prompt, body.sampling(), False, max_tokens, stops, None, deadline)
 
-    async def reply(job: Job, request: Request, body: _Generation, started: float, piece: Callable[[str], dict],
-                    last: Callable[[Finished], dict]):
-        """Ollama's reply to a job: NDJSON lines (stream) or one object that holds all the text."""
-        def fail(event: Failed) -> APIError:
-            return APIError(event.status, event.message)
+    async def reply(job: Job, request: Request, body: _Generation, started: float, piece: Callable[[str, str], dict],
+                    last: Callable[[Finished, str], dict], splitter: ReasoningSplitter | None):
+        """Ollama's reply to a job: NDJSON lines (stream) or one object that holds all the text. piece(content,
+        thinking) shapes the text, last(done, whole raw reply) adds to the final object; with a splitter,
+        the reasoning goes to `thinking`."""
+        raw: list[str] = []
+
+        def split(text: str, end: bool = False) -> tuple[str, str]:
+            raw.append(text)
+            if splitter is None:
+                return text, ""
+            thinking, content = splitter.feed(text)
+            if end:
+                more = splitter.flush()
+                thinking, content = thinking + more[0], content + more[1]
+            return content, thinking
 
         if not body.stream:
             text, done = [], None
             async for event in s.events(job, request, watch=True):
                 if isinstance(event, Failed):
-                    raise fail(event)
+                    raise APIError(event.status, event.message)
                 if isinstance(event, Piece):
                     text.append(event.text)
                 else:
                     done = event
             if done is None:
                 return JSONResponse({}, status_code=499)
-            return JSONResponse({**piece("".join(text)), **final_fields(done, started), **last(done)})
+            content, thinking = split("".join(text), end=True)
+            return JSONResponse({**piece(content, thinking), **final_fields(done, started), **last(done, "".join(raw))})
 
         async def lines():
             async for event in s.events(job, request, watch=False):
                 if isinstance(event, Piece):
-                    if event.text:
-                        yield json.dumps({**piece(event.text), "done": False}, ensure_ascii=False) + "\n"
+                    content, thinking = split(event.text)
+                    if content or thinking:
+                        yield json.dumps({**piece(content, thinking), "done": False}, ensure_ascii=False) + "\n"
                 elif isinstance(event, Failed):
                     s.metrics.count_error(event.status)
                     yield json.dumps({"error": event.message}, ensure_ascii=False) + "\n"
                     return
                 else:
-                    yield json.dumps({**piece(""), **final_fields(event, started), **last(event)}, ensure_ascii=False) + "\n"
+                    content, thinking = split("", end=True)
+                    final = {**piece(content, thinking), **final_fields(event, started), **last(event, "".join(raw))}
+                    yield json.dumps(final, ensure_ascii=False) + "\n"
 
         return StreamingResponse(lines(), media_type=NDJSON)
+
+    def thinking(body: _Generation, variables: dict, name: str) -> bool:
+        """Whether to split the reply's reasoning into `thinking`, from the request's think (true, a level such
+        as "high", false, or none: the server's --reasoning-format); sets Qwen3's enable_thinking to match."""
+        if body.think is None:
+            return splits_reasoning(s.reasoning_format, model.template.source)
+        if not body.think:
+            variables.setdefault("enable_thinking", False)
+            return False
+        if not template_thinks(model.template.source):
+            raise InvalidParam("think", f"{name!r} does not support thinking: its chat template has no <think> tags.")
+        variables.setdefault("enable_thinking", True)
+        return True
+
+    def with_thinking(fields: dict, thinking_text: str) -> dict:
+        return {**fields, "thinking": thinking_text} if thinking_text else fields
 
     def loaded_reply(name: str, body: _Generation, chat: bool) -> JSONResponse:
         """Ollama's answer to a request with nothing to generate: it loads (or, keep_alive 0, unloads) the model."""
@@ -247,14 +279,16 @@ def make_ollama_router(s: Serving) -> APIRouter:
             variables = check_template_variables(body.chat_template_kwargs or {}, "chat_template_kwargs")
         except CamelidError as exc:
             raise InvalidParam("chat_template_kwargs", str(exc)) from None
+        name = body.model or s.model_id
+        split = thinking(body, variables, name)
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        prompt = await asyncio.to_thread(s.chat_prompt, messages, variables)
+        prompt, text = await asyncio.to_thread(s.chat_prompt, messages, variables)
         s.metrics.count_request("/api/chat")
         job = start(prompt, body, model.template.stop_strings + body.stops(), deadline)
-        name = body.model or s.model_id
         return await reply(job, request, body, started,
-                           lambda text: {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": text}},
-                           lambda done: {})
+                           lambda content, thought: {"model": name, "created_at": _now(),
+                                                     "message": with_thinking({"role": "assistant", "content": content}, thought)},
+                           lambda done, whole: {}, ReasoningSplitter(prompt_opens_thinking(text)) if split else None)
 
     @router.post("/api/generate")
     async def generate(body: GenerateRequest, request: Request):
@@ -270,11 +304,16 @@ def make_ollama_router(s: Serving) -> APIRouter:
             raise InvalidParam("template", "a template per request is not supported; start the server with --chat-template.")
         if not body.prompt and not body.context:
             return loaded_reply(body.model, body, chat=False)
+        name = body.model or s.model_id
+        splitter = None
         if body.raw:
             tokens = await asyncio.to_thread(s.tokenize_text, body.prompt, "prompt", not body.context)
         else:
+            variables: dict = {}
+            split = thinking(body, variables, name)
             messages = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
-            tokens = await asyncio.to_thread(s.chat_prompt, messages, {})
+            tokens, text = await asyncio.to_thread(s.chat_prompt, messages, variables)
+            splitter = ReasoningSplitter(prompt_opens_thinking(text)) if split else None
         context = list(body.context or [])
         bad = [t for t in context if not 0 <= t < tok.n_vocab]
         if bad:
@@ -284,17 +323,10 @@ def make_ollama_router(s: Serving) -> APIRouter:
         prompt = context + tokens
         s.metrics.count_request("/api/generate")
         job = start(prompt, body, (model.template.stop_strings if not body.raw else []) + body.stops(), deadline)
-        name = body.model or s.model_id
-        generated: list[str] = []
-
-        def piece(text: str) -> dict:
-            generated.append(text)
-            return {"model": name, "created_at": _now(), "response": text}
-
-        def last(done: Finished) -> dict:
-            return {"context": prompt + tok.encode("".join(generated), add_special=False, parse_special=False)}
-
-        return await reply(job, request, body, started, piece, last)
+        return await reply(job, request, body, started,
+                           lambda content, thought: with_thinking({"model": name, "created_at": _now(), "response": content}, thought),
+                           lambda done, whole: {"context": prompt + tok.encode(whole, add_special=False, parse_special=True)},
+                           splitter)
 
     async def embed_texts(texts: list[str], param: str) -> tuple[list, int]:
         inputs = await asyncio.to_thread(lambda: [s.embedding_tokens(t, param if len(texts) == 1 else f"{param}[{i}]")

@@ -114,6 +114,9 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description='extra chat-template variables for this request, as llama-server\'s: {"enable_thinking": false}')
+    reasoning_format: str | None = Field(
+        None, description="auto, deepseek (a thinking model's <think> text in reasoning_content) or none (left in content); "
+                          "default: the server's --reasoning-format")
 
     def template_variables(self) -> dict[str, Any]:
         try:
@@ -270,17 +273,21 @@ def completion_logprobs(entries: Sequence[tuple[bytes, float, list[tuple[bytes, 
     }
 
 
-def chat_choice(content: str | None, finish_reason: str | None, logprobs: dict | None, *, delta: bool, role: bool = False) -> dict:
-    """One choice of a chat completion (delta=False) or of a streamed chunk (delta=True)."""
+def chat_choice(content: str | None, finish_reason: str | None, logprobs: dict | None, *, delta: bool, role: bool = False,
+                reasoning: str | None = None) -> dict:
+    """One choice of a chat completion (delta=False) or of a streamed chunk (delta=True); reasoning, when
+    given, goes in `reasoning_content` (llama-server's field for a thinking model's reasoning)."""
     if delta:
         message = {"role": "assistant"} if role else {}
         if content is not None:
             message["content"] = content
+        if reasoning:
+            message["reasoning_content"] = reasoning
         return {"index": 0, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
-    return {
-        "index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-        "logprobs": logprobs, "finish_reason": finish_reason,
-    }
+    message = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def completion_choice(text: str, finish_reason: str | None, logprobs: dict | None) -> dict:
