@@ -273,3 +273,28 @@ def test_load_option_with_a_wrong_file_is_one_clear_line(tmp_path):
         assert result.returncode == 1
         assert result.stderr.startswith("camelid: error: ") and message in result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+THINKING_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                     "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+
+
+def test_thinking_is_dimmed_and_can_be_hidden():
+    from camelid.reasoning import split_reasoning
+
+    model = camelid.load(smollm2_path(), chat_template=THINKING_TEMPLATE, show_progress=False)
+    question = "Why is the sky blue?"
+    reasoning, _ = split_reasoning(greedy_answer(model, [{"role": "user", "content": question}], 12), opened=True)
+    assert reasoning
+    chat = Chat("--temp", "0", "-n", "12", "--chat-template", THINKING_TEMPLATE)
+    try:
+        shown = chat.say(question)
+        assert "\x1b[2m" + reasoning in shown and "\x1b[0m" in shown
+        assert "hidden" in chat.say("/thinking hide")
+        hidden = chat.say("/retry")
+        assert reasoning not in hidden and "thinking..." in hidden and "\r\x1b[K" in hidden
+        assert "shown" in chat.say("/thinking")
+        assert "show or hide" in chat.say("/thinking maybe")
+        assert chat.quit() == 0
+    finally:
+        chat.close()

@@ -101,13 +101,21 @@ def _stats(session, arg: str) -> Outcome:
     return Outcome("\n".join(lines))
 
 
+def _thinking(session, arg: str) -> Outcome:
+    choice = arg.lower()
+    if choice not in ("", "show", "hide"):
+        raise CamelidError(f"/thinking takes show or hide, not {arg!r}.")
+    session.show_thinking = (not session.show_thinking) if not choice else choice == "show"
+    return Outcome("A thinking model's reasoning is " + ("shown (dimmed)." if session.show_thinking else "hidden."))
+
+
 def _exit(session, arg: str) -> Outcome:
     return Outcome(quit=True)
 
 
 _COMMANDS: dict[str, Callable[[object, str], Outcome]] = {
     "help": _help, "clear": _clear, "system": _system, "save": _save, "load": _load,
-    "undo": _undo, "retry": _retry, "stats": _stats, "exit": _exit, "quit": _exit, "bye": _exit,
+    "undo": _undo, "retry": _retry, "stats": _stats, "thinking": _thinking, "exit": _exit, "quit": _exit, "bye": _exit,
 }
 
 _HELP = (
@@ -119,6 +127,7 @@ _HELP = (
     ("/undo", "remove the last exchange"),
     ("/retry", "write the last reply again (a new sample; the same one with --temp 0)"),
     ("/stats", "context use, speed of the last reply, turns dropped"),
+    ("/thinking [show|hide]", "show or hide a thinking model's reasoning (dimmed); alone, switch"),
     ("/exit", "quit (also /quit, /bye)"),
 )
 

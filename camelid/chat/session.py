@@ -6,6 +6,7 @@ from typing import Iterator
 
 from camelid.errors import CamelidError
 from camelid.generate import GenerationChunk, GenerationStats
+from camelid.reasoning import prompt_opens_thinking
 from camelid.sampling import SamplingParams
 
 MIN_REPLY_ROOM = 64  # tokens always left free for the reply when old turns must be dropped
@@ -36,6 +37,8 @@ class ChatSession:
         self.last_stats: GenerationStats | None = None
         self.last_dropped = 0  # turns dropped to fit the latest reply
         self.dropped_turns = 0  # turns dropped since the conversation began
+        self.reply_starts_thinking = False  # the latest prompt ended inside <think> (camelid.reasoning)
+        self.show_thinking = True  # a front end's choice: show a thinking model's reasoning (/thinking)
         self._retries = 0
 
     @property
@@ -107,6 +110,8 @@ class ChatSession:
 
     def _respond(self, messages: list[dict[str, str]], sampling: dict) -> Iterator[GenerationChunk]:
         messages, dropped, prompt = self._fit(messages)
+        self.reply_starts_thinking = prompt_opens_thinking(
+            self.model.template.render(self._with_system(messages), add_generation_prompt=True))
         self.messages = messages
         self.last_dropped = dropped
         self.dropped_turns += dropped

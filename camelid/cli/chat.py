@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from camelid.cli.options import add_model_options, add_sampling_options, add_template_options, sampling_from_args
+from camelid.reasoning import ReasoningSplitter, template_thinks
 
 PROMPT = ">>> "
 
@@ -30,9 +31,53 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+class ReplyWriter:
+    """Writes a streamed reply to the terminal; a thinking model's reasoning (camelid.reasoning) dimmed,
+    or, when the session hides it, as one dimmed "thinking..." line that the answer replaces."""
+
+    def __init__(self, session, out=sys.stdout):
+        self.out = out
+        self.session = session
+        self.show = session.show_thinking
+        self.splitter: ReasoningSplitter | None = None
+        self.started = False
+        self.thinking = False  # inside dimmed (or hidden) reasoning on the screen
+
+    def write(self, text: str, last: bool = False) -> None:
+        if not self.started:  # the session renders the prompt when its stream starts
+            self.started = True
+            if template_thinks(self.session.model.template.source):
+                self.splitter = ReasoningSplitter(self.session.reply_starts_thinking)
+        if self.splitter is None:
+            self.out.write(text)
+            return
+        reasoning, content = self.splitter.feed(text)
+        if last:
+            more = self.splitter.flush()
+            reasoning, content = reasoning + more[0], content + more[1]
+        if reasoning:
+            if not self.thinking:
+                self.out.write(DIM + ("" if self.show else "thinking..."))
+                self.thinking = True
+            if self.show:
+                self.out.write(reasoning)
+        if content or (last and self.thinking):
+            self.end_thinking()
+            self.out.write(content)
+
+    def end_thinking(self) -> None:
+        if self.thinking:
+            self.out.write(RESET + ("\n\n" if self.show else "\r\x1b[K"))
+            self.thinking = False
+
+
 def _stream_reply(session, stream) -> None:
     """Print a reply as it streams; Ctrl+C stops it (the part written so far stays in the chat)."""
     finished = None
+    writer = ReplyWriter(session)
     try:
         for chunk in stream:
             if finished is None:
@@ -41,12 +86,13 @@ def _stream_reply(session, stream) -> None:
                     s = "s" if session.last_dropped > 1 else ""
                     _note(f"[the context of {session.n_ctx} tokens is full: dropped the oldest {session.last_dropped} turn{s} "
                           f"({session.dropped_turns} so far); the system prompt stays]")
-            sys.stdout.write(chunk.text)
+            writer.write(chunk.text, last=chunk.finish_reason is not None)
             sys.stdout.flush()
             if chunk.finish_reason is not None:
                 finished = True
     except KeyboardInterrupt:
         stream.close()
+        writer.end_thinking()
         sys.stdout.write(" [stopped]")
     sys.stdout.write("\n")
     stats = session.last_stats
