@@ -19,7 +19,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from camelid import __version__
+from camelid.constrained import GrammarMask, gbnf_grammar, json_schema_grammar
 from camelid.embeddings import file_pooling
 from camelid.errors import CamelidError
 from camelid.reasoning import ReasoningSplitter, prompt_opens_thinking, splits_reasoning
@@ -189,10 +190,23 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         return APIError(status, message, "rate_limit_error" if status == 429 else "unavailable_error",
                         code="queue_full" if status == 429 else "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
+    def output_mask(constraint: tuple[str, Any, str] | None) -> GrammarMask | None:
+        """The token mask of a request's constrained output (see OutputFields.output_constraint); a grammar
+        that cannot be compiled is a 400 naming the field. Compiling takes up to a second: call it in a thread."""
+        if constraint is None:
+            return None
+        kind, spec, param = constraint
+        try:
+            grammar = json_schema_grammar(spec) if kind == "json" else gbnf_grammar(spec)
+            return GrammarMask(grammar, tok, model.network.n_vocab, "JSON schema" if kind == "json" else "grammar")
+        except CamelidError as exc:
+            raise InvalidParam(param, str(exc)) from None
+
     def submit(prompt: list[int], sampling: SamplingParams, ignore_eos: bool, max_tokens: int | None, stops: list[str],
-               top_logprobs: int | None, deadline: float) -> Job:
+               top_logprobs: int | None, deadline: float, token_mask: GrammarMask | None = None) -> Job:
         job = Job(prompt, limits.max_tokens if max_tokens is None else max_tokens, sampling, stops,
-                  asyncio.get_running_loop(), ignore_eos=ignore_eos, top_logprobs=top_logprobs, deadline=deadline)
+                  asyncio.get_running_loop(), ignore_eos=ignore_eos, top_logprobs=top_logprobs, deadline=deadline,
+                  token_mask=token_mask)
         try:
             scheduler.submit(job)
         except QueueFull as exc:
@@ -342,9 +356,10 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             split_replies = splits_reasoning(body.reasoning_format or reasoning_format, model.template.source)
         except CamelidError as exc:
             raise InvalidParam("reasoning_format", str(exc)) from None
+        mask = await asyncio.to_thread(output_mask, body.output_constraint())
         metrics.count_request("/v1/chat/completions")
         job = submit(prompt, body.sampling(), body.ignore_eos, body.token_limit(), model.template.stop_strings + body.stop_strings(),
-                     top_logprobs, deadline)
+                     top_logprobs, deadline, mask)
         return await respond(job, request, body, chat=True,
                              splitter=ReasoningSplitter(prompt_opens_thinking(text)) if split_replies else None)
 
@@ -363,8 +378,9 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                 raise InvalidParam("prompt", f"token id {bad[0]} is outside the vocabulary (0..{tok.n_vocab - 1}).")
             tokens, echo = list(prompt), tok.decode(prompt)
         check_room(tokens, body.max_tokens, "prompt")
+        mask = await asyncio.to_thread(output_mask, body.output_constraint())
         metrics.count_request("/v1/completions")
-        job = submit(tokens, body.sampling(), body.ignore_eos, body.max_tokens, body.stop_strings(), body.logprobs, deadline)
+        job = submit(tokens, body.sampling(), body.ignore_eos, body.max_tokens, body.stop_strings(), body.logprobs, deadline, mask)
         return await respond(job, request, body, chat=False, echo=echo if body.echo else "")
 
     def embedding_tokens(item: str | list[int], param: str) -> list[int]:
@@ -427,7 +443,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         model=model, model_id=model_id, pooling=pooling, scheduler=scheduler, metrics=metrics, timeout=limits.timeout,
         reasoning_format=reasoning_format,
         max_tokens=limits.max_tokens, chat_prompt=chat_prompt, tokenize_text=tokenize_text, check_room=check_room,
-        embedding_tokens=embedding_tokens, submit=submit, events=events)))
+        embedding_tokens=embedding_tokens, submit=submit, events=events, output_mask=output_mask)))
     if data_dir is not None and importlib.util.find_spec("camelid.server.web") is not None:
         from camelid.server.web import make_web_router
 

@@ -8,7 +8,7 @@ keep_alive is accepted and changes nothing, and options.num_ctx cannot grow the 
 started with (a request that does not fit ends with done_reason "length", as Ollama's does).
 A thinking model's reasoning (<think>...</think>, camelid.reasoning) comes in `thinking`; think=false
 sets the template's enable_thinking to false (Qwen3). Not supported yet, refused with a 400 that
-says so: images, format (JSON output), tools.
+says so: images, tools. format ("json" or a JSON schema) constrains the reply as the OpenAI routes' response_format.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Serving:
     check_room: Callable[[list[int], int | None, str], None]
     embedding_tokens: Callable[[str | list[int], str], list[int]]
     submit: Callable[..., Job]
+    output_mask: Callable[[tuple | None], Any]
     events: Callable[..., AsyncIterator]
 
 
@@ -82,9 +83,15 @@ class _Generation(BaseModel):
     keep_alive: Any = None
     think: Any = None
 
-    def refuse_unsupported(self) -> None:
-        if self.format not in (None, ""):
-            raise InvalidParam("format", "format (JSON or schema-constrained output) is not supported by camelid yet; leave it out.")
+    def output_constraint(self) -> tuple[str, Any, str] | None:
+        """format: "json" (any JSON object) or a JSON schema, as camelid.server.app's output_mask takes it."""
+        if self.format in (None, ""):
+            return None
+        if self.format == "json":
+            return "json", True, "format"
+        if isinstance(self.format, dict):
+            return "json", self.format, "format"
+        raise InvalidParam("format", f'format must be "json" or a JSON schema object, not {self.format!r}.')
 
     def sampling(self) -> SamplingParams:
         options = self.options or {}
@@ -184,12 +191,13 @@ def make_ollama_router(s: Serving) -> APIRouter:
                 "load_duration": 0, "prompt_eval_count": done.prompt_tokens, "prompt_eval_duration": _ns(done.prompt_seconds),
                 "eval_count": done.completion_tokens, "eval_duration": _ns(done.generation_seconds)}
 
-    def start(prompt: list[int], body: _Generation, stops: list[str], deadline: float) -> Job:
+    async def start(prompt: list[int], body: _Generation, stops: list[str], deadline: float) -> Job:
         max_tokens = body.token_limit()
         s.check_room(prompt, max_tokens, "prompt")
         if max_tokens is None:
             max_tokens = min(s.max_tokens, model.n_ctx - len(prompt))
-        return s.submit(prompt, body.sampling(), False, max_tokens, stops, None, deadline)
+        mask = await asyncio.to_thread(s.output_mask, body.output_constraint())
+        return s.submit(prompt, body.sampling(), False, max_tokens, stops, None, deadline, mask)
 
     async def reply(job: Job, request: Request, body: _Generation, started: float, piece: Callable[[str, str], dict],
                     last: Callable[[Finished, str], dict], splitter: ReasoningSplitter | None):
@@ -267,7 +275,6 @@ def make_ollama_router(s: Serving) -> APIRouter:
         """Reply to a conversation (Ollama's /api/chat)."""
         started = time.monotonic()
         deadline = started + s.timeout
-        body.refuse_unsupported()
         if body.tools:
             raise InvalidParam("tools", "tool calls are not supported by camelid yet; leave out tools.")
         if not body.messages:
@@ -284,7 +291,7 @@ def make_ollama_router(s: Serving) -> APIRouter:
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         prompt, text = await asyncio.to_thread(s.chat_prompt, messages, variables)
         s.metrics.count_request("/api/chat")
-        job = start(prompt, body, model.template.stop_strings + body.stops(), deadline)
+        job = await start(prompt, body, model.template.stop_strings + body.stops(), deadline)
         return await reply(job, request, body, started,
                            lambda content, thought: {"model": name, "created_at": _now(),
                                                      "message": with_thinking({"role": "assistant", "content": content}, thought)},
@@ -295,7 +302,6 @@ def make_ollama_router(s: Serving) -> APIRouter:
         """Complete a prompt (Ollama's /api/generate): through the chat template unless raw."""
         started = time.monotonic()
         deadline = started + s.timeout
-        body.refuse_unsupported()
         if body.images:
             raise InvalidParam("images", "images are not supported: camelid runs text-only models.")
         if body.suffix:
@@ -322,7 +328,7 @@ def make_ollama_router(s: Serving) -> APIRouter:
             tokens = tokens[1:]  # the earlier context already starts with BOS
         prompt = context + tokens
         s.metrics.count_request("/api/generate")
-        job = start(prompt, body, (model.template.stop_strings if not body.raw else []) + body.stops(), deadline)
+        job = await start(prompt, body, (model.template.stop_strings if not body.raw else []) + body.stops(), deadline)
         return await reply(job, request, body, started,
                            lambda content, thought: with_thinking({"model": name, "created_at": _now(), "response": content}, thought),
                            lambda done, whole: {"context": prompt + tok.encode(whole, add_special=False, parse_special=True)},

@@ -3,7 +3,7 @@
 Requests accept what the official `openai` client sends for chat and legacy completions, plus
 llama.cpp server's sampling extensions (top_k, min_p, repeat_penalty, repeat_last_n, ignore_eos).
 Unknown fields are ignored, as OpenAI-compatible servers do; fields that would change the meaning
-of a request but are not supported (tools, n > 1, a JSON response format, logit_bias) are refused.
+of a request but are not supported (tools, n > 1, logit_bias) are refused.
 Responses are plain dicts in OpenAI's shapes, built by the functions at the bottom.
 """
 
@@ -62,6 +62,36 @@ class SamplingFields(BaseModel):
     repeat_penalty: float | None = Field(None, gt=0, description="1.0 = off (default)")
     repeat_last_n: int | None = Field(None, ge=-1, description="penalty window; -1 = the whole context (default 64)")
     ignore_eos: bool = Field(False, description="never sample the end-of-text tokens (as llama.cpp): generate max_tokens tokens")
+    response_format: dict[str, Any] | None = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}')
+    json_schema: dict[str, Any] | None = Field(None, description="llama.cpp's: output that validates against this JSON schema")
+    grammar: str | None = Field(None, description="llama.cpp's: output in this GBNF grammar")
+
+    def output_constraint(self) -> tuple[str, Any, str] | None:
+        """(kind, spec, param) of the constrained output asked for: ("json", schema or True for any JSON
+        object, ...) or ("gbnf", grammar text, ...); None for free text. More than one is refused."""
+        given = []
+        fmt = self.response_format
+        if fmt is not None:
+            kind = fmt.get("type", "text")
+            if kind == "json_object":
+                given.append(("json", fmt.get("schema") or True, "response_format"))
+            elif kind == "json_schema":
+                spec = fmt.get("json_schema")
+                schema = spec.get("schema") if isinstance(spec, dict) else None
+                if not isinstance(schema, dict):
+                    raise InvalidParam("response_format", 'a json_schema response format needs {"json_schema": {"name": ..., '
+                                                          '"schema": {...}}}.')
+                given.append(("json", schema, "response_format"))
+            elif kind != "text":
+                raise InvalidParam("response_format", f"unknown response format type {kind!r}; use text, json_object or json_schema.")
+        if self.json_schema is not None:
+            given.append(("json", self.json_schema, "json_schema"))
+        if self.grammar is not None:
+            given.append(("gbnf", self.grammar, "grammar"))
+        if len(given) > 1:
+            raise InvalidParam(given[1][2], f"give one of response_format, json_schema and grammar, not {given[0][2]} and {given[1][2]}.")
+        return given[0] if given else None
 
     def sampling(self) -> SamplingParams:
         """The SamplingParams of this request (camelid's defaults for fields not given)."""
@@ -111,7 +141,6 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description='extra chat-template variables for this request, as llama-server\'s: {"enable_thinking": false}')
     reasoning_format: str | None = Field(
@@ -131,8 +160,6 @@ class ChatCompletionRequest(SamplingFields):
         """The messages as {"role", "content"} dicts for the chat template (developer -> system)."""
         if self.tools:
             raise InvalidParam("tools", "tool calls are not supported by camelid; leave out `tools`.")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise InvalidParam("response_format", "only the text response format is supported.")
         out = []
         for i, m in enumerate(self.messages):
             content = m.content

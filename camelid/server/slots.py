@@ -31,8 +31,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numba
+import numpy as np
 
 from camelid.embeddings import embed_tokens
 from camelid.engine import Engine, GenerationChunk, GenerationSequence, Request, TokenLogprob
@@ -90,6 +92,7 @@ class Job:
     ignore_eos: bool = False
     top_logprobs: int | None = None  # None: no log-probabilities
     deadline: float | None = None  # time.monotonic() at which the job ends, queued or generating
+    token_mask: Callable[[list[int]], np.ndarray | None] | None = None  # constrained output (camelid.constrained)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
@@ -275,7 +278,8 @@ class Scheduler:
         shared = donor.cache.common_prefix(job.prompt)
         if donor is not slot and shared > slot.cache.common_prefix(job.prompt):
             slot.cache.copy_prefix(donor.cache, shared)
-        request = Request(job.prompt, job.max_tokens, job.sampling, job.stop, job.ignore_eos, job.top_logprobs, job.deadline)
+        request = Request(job.prompt, job.max_tokens, job.sampling, job.stop, job.ignore_eos, job.top_logprobs, job.deadline,
+                          token_mask=job.token_mask)
         try:
             slot.seq = self.engine.add(request, slot.cache)
         except CamelidError as exc:

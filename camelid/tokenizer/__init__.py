@@ -115,6 +115,10 @@ class Tokenizer:
         """Whether the token is a control token (BOS, EOS, <|im_start|>, ...), rendered as nothing by decode."""
         return bool(self._vocab.attrs[self._check_id(token_id)] & ATTR_CONTROL)
 
+    def is_user_defined(self, token_id: int) -> bool:
+        """Whether the token is user-defined (an added token such as <think>, always matched whole by encode)."""
+        return bool(self._vocab.attrs[self._check_id(token_id)] & ATTR_USER_DEFINED)
+
     def is_eog(self, token_id: int) -> bool:
         """Whether the token ends generation."""
         return token_id in self.eog_ids
