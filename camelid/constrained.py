@@ -90,6 +90,11 @@ def gbnf_grammar(text: str) -> str:
         raise CamelidError(f"the grammar cannot be used: {exc}") from None
 
 
+def lark_grammar(text: str) -> str:
+    """The grammar of a llguidance Lark text (camelid.tools writes these for forced tool calls)."""
+    return _llguidance().LLMatcher.grammar_from_lark(text)
+
+
 class GrammarMask:
     """A token mask that keeps generation inside a grammar (see the module docstring).
 

@@ -35,7 +35,7 @@ from camelid.formats.metadata import MetadataReader
 
 __all__ = ["ChatTemplate", "template_for", "builtin_template", "BUILTIN_TEMPLATES", "ROLES", "ALPACA_SYSTEM"]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # ---- built-in fallbacks ------------------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from camelid import __version__
-from camelid.constrained import GrammarMask, gbnf_grammar, json_schema_grammar
+from camelid import tool_calls
+from camelid.constrained import GrammarMask, gbnf_grammar, json_schema_grammar, lark_grammar
 from camelid.embeddings import file_pooling
 from camelid.errors import CamelidError
 from camelid.reasoning import ReasoningSplitter, prompt_opens_thinking, splits_reasoning
@@ -197,7 +198,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             return None
         kind, spec, param = constraint
         try:
-            grammar = json_schema_grammar(spec) if kind == "json" else gbnf_grammar(spec)
+            grammar = json_schema_grammar(spec) if kind == "json" else lark_grammar(spec) if kind == "lark" else gbnf_grammar(spec)
             return GrammarMask(grammar, tok, model.network.n_vocab, "JSON schema" if kind == "json" else "grammar")
         except CamelidError as exc:
             raise InvalidParam(param, str(exc)) from None
@@ -242,9 +243,11 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         return oai.chat_logprobs(entries) if chat else oai.completion_logprobs(entries, offset)
 
     async def respond(job: Job, request: Request, body: oai.SamplingFields, chat: bool, echo: str = "",
-                      splitter: ReasoningSplitter | None = None):
+                      splitter: ReasoningSplitter | None = None, call_format: str | None = None):
         """The OpenAI response for a submitted job: an SSE stream or one JSON object. With a splitter
-        (chat only), the reply's reasoning goes to reasoning_content."""
+        (chat only), the reply's reasoning goes to reasoning_content; with a call_format (a request with
+        tools), the reply's tool calls go to tool_calls: streamed, the content is held until the reply is
+        complete, then sent with the calls (finish_reason "tool_calls")."""
         id_ = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         now = int(time.time())
         want_logprobs = job.top_logprobs is not None
@@ -290,7 +293,12 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
             used, timed = final_objects(done)
             logprobs = render_logprobs(chat, entries if want_logprobs else None, 0)
             reasoning, content = split("".join(pieces), last=True)
-            return JSONResponse(wrap([choice(content, done.finish_reason, logprobs, delta=False, reasoning=reasoning)],
+            calls, finish = None, done.finish_reason
+            if call_format is not None:
+                content, found = tool_calls.parse_reply(content, call_format)
+                calls, finish = [c.openai() for c in found] or None, ("tool_calls" if found else finish)
+            return JSONResponse(wrap([oai.chat_choice(content, finish, logprobs, delta=False, reasoning=reasoning, tool_calls=calls)
+                                      if chat else choice(content, finish, logprobs, delta=False)],
                                      usage=used, timings=timed))
 
         extra = {"usage": None} if body.include_usage else {}
@@ -301,11 +309,15 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                 yield _sse(wrap([choice("", None, None, delta=True, role=True)], **extra))
             elif echo:
                 yield _sse(wrap([choice(echo, None, None, delta=True)], **extra))
+            held: list[str] = []  # with tools: the content, parsed at the end
             async for event in events(job, request, watch=False):
                 if isinstance(event, Piece):
                     reasoning, content = split(event.text)
                     logprobs = render_logprobs(chat, event.logprobs, offset)
-                    if reasoning or content or logprobs or splitter is None:
+                    if call_format is not None:
+                        held.append(content)
+                        content = ""
+                    if reasoning or content or logprobs or (splitter is None and call_format is None):
                         yield _sse(wrap([choice(content, None, logprobs, delta=True, reasoning=reasoning)], **extra))
                     offset += len(event.text)
                 elif isinstance(event, Failed):
@@ -314,10 +326,16 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                     return
                 else:
                     reasoning, content = split("", last=True)
+                    finish, calls = event.finish_reason, []
+                    if call_format is not None:
+                        content, calls = tool_calls.parse_reply("".join(held) + content, call_format)
+                        finish = "tool_calls" if calls else finish
                     if reasoning or content:
                         yield _sse(wrap([choice(content, None, None, delta=True, reasoning=reasoning)], **extra))
+                    for i, call in enumerate(calls):
+                        yield _sse(wrap([oai.chat_choice(None, None, None, delta=True, tool_calls=[call.openai(i)])], **extra))
                     used, timed = final_objects(event)
-                    last = wrap([choice(None, event.finish_reason, None, delta=True)], **extra)
+                    last = wrap([choice(None, finish, None, delta=True)], **extra)
                     if body.include_usage:
                         yield _sse(last)
                         last = wrap([], usage=used)
@@ -350,18 +368,59 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         deadline = time.monotonic() + limits.timeout
         body.sampling()
         top_logprobs = body.top_logprobs_count()
-        prompt, text = await asyncio.to_thread(chat_prompt, body.plain_messages(), body.template_variables())
+        messages, variables = body.plain_messages(), body.template_variables()
+        constraint, call_format = body.output_constraint(), None
+        if body.tools:
+            messages, constraint, call_format = tool_plan(body, messages, variables, constraint)
+        prompt, text = await asyncio.to_thread(chat_prompt, messages, variables)
         check_room(prompt, body.token_limit(), "messages")
         try:
             split_replies = splits_reasoning(body.reasoning_format or reasoning_format, model.template.source)
         except CamelidError as exc:
             raise InvalidParam("reasoning_format", str(exc)) from None
-        mask = await asyncio.to_thread(output_mask, body.output_constraint())
+        mask = await asyncio.to_thread(output_mask, constraint)
         metrics.count_request("/v1/chat/completions")
         job = submit(prompt, body.sampling(), body.ignore_eos, body.token_limit(), model.template.stop_strings + body.stop_strings(),
                      top_logprobs, deadline, mask)
-        return await respond(job, request, body, chat=True,
+        return await respond(job, request, body, chat=True, call_format=call_format,
                              splitter=ReasoningSplitter(prompt_opens_thinking(text)) if split_replies else None)
+
+    def special_token(text: str) -> int | None:
+        """The id of the control or user-defined token spelled text (<tool_call>), else None."""
+        tid = tok.token_id(text)
+        return tid if tid is not None and (tok.is_control(tid) or tok.is_user_defined(tid)) else None
+
+    def tool_plan(body: ChatCompletionRequest, messages: list[dict], variables: dict, constraint):
+        """(messages, output constraint, tool-call format or None) for a request with tools (camelid.tools)."""
+        try:
+            tools = tool_calls.check_tools(body.tools)
+        except CamelidError as exc:
+            raise InvalidParam("tools", str(exc)) from None
+        try:
+            picked, required = tool_calls.chosen_tools(tools, body.tool_choice)
+        except CamelidError as exc:
+            raise InvalidParam("tool_choice", str(exc)) from None
+        fmt = tool_calls.tool_format(model.template.source)
+        if fmt == "generic":
+            messages = tool_calls.messages_for_generic(messages)
+        if not picked:
+            return messages, constraint, None
+        if constraint is not None:
+            raise InvalidParam(constraint[2], f"{constraint[2]} cannot be combined with tools; leave one out.")
+        parallel = body.parallel_tool_calls
+        if fmt == "generic":
+            schema = tool_calls.generic_schema(picked, required, parallel)
+            note = tool_calls.generic_system_text(picked, schema)
+            if messages and messages[0]["role"] == "system":
+                messages = [{"role": "system", "content": messages[0]["content"] + "\n\n" + note}, *messages[1:]]
+            else:
+                messages = [{"role": "system", "content": note}, *messages]
+            return messages, ("json", schema, "tools"), fmt
+        variables["tools"] = picked
+        messages = [tool_calls.with_argument_objects(m) for m in messages]
+        if required:
+            return messages, ("lark", tool_calls.native_lark(fmt, picked, parallel, special_token), "tools"), fmt
+        return messages, None, fmt
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request):

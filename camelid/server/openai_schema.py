@@ -128,9 +128,11 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -141,6 +143,8 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description='extra chat-template variables for this request, as llama-server\'s: {"enable_thinking": false}')
     reasoning_format: str | None = Field(
@@ -156,13 +160,14 @@ class ChatCompletionRequest(SamplingFields):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        """The messages as {"role", "content"} dicts for the chat template (developer -> system)."""
-        if self.tools:
-            raise InvalidParam("tools", "tool calls are not supported by camelid; leave out `tools`.")
+    def plain_messages(self) -> list[dict[str, Any]]:
+        """The messages as {"role", "content"} dicts for the chat template (developer -> system), with
+        an assistant's tool_calls and a tool result's tool_call_id where given."""
         out = []
         for i, m in enumerate(self.messages):
             content = m.content
+            if content is None and m.role == "assistant" and m.tool_calls:
+                content = ""
             if content is None:
                 raise InvalidParam(f"messages.{i}.content", f"message {i} ({m.role}) has no content.")
             if not isinstance(content, str):
@@ -170,7 +175,12 @@ class ChatCompletionRequest(SamplingFields):
                     if part.type != "text" or part.text is None:
                         raise InvalidParam(f"messages.{i}.content", f"message {i} has a {part.type!r} part; only text is supported.")
                 content = "".join(part.text for part in content)
-            out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+            message = {"role": "system" if m.role == "developer" else m.role, "content": content}
+            if m.tool_calls:
+                message["tool_calls"] = m.tool_calls
+            if m.role == "tool":
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
         return out
 
     def top_logprobs_count(self) -> int | None:
@@ -301,19 +311,24 @@ def completion_logprobs(entries: Sequence[tuple[bytes, float, list[tuple[bytes, 
 
 
 def chat_choice(content: str | None, finish_reason: str | None, logprobs: dict | None, *, delta: bool, role: bool = False,
-                reasoning: str | None = None) -> dict:
+                reasoning: str | None = None, tool_calls: list[dict] | None = None) -> dict:
     """One choice of a chat completion (delta=False) or of a streamed chunk (delta=True); reasoning, when
-    given, goes in `reasoning_content` (llama-server's field for a thinking model's reasoning)."""
+    given, goes in `reasoning_content` (llama-server's field for a thinking model's reasoning), tool_calls
+    in `tool_calls`."""
     if delta:
         message = {"role": "assistant"} if role else {}
         if content is not None:
             message["content"] = content
         if reasoning:
             message["reasoning_content"] = reasoning
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         return {"index": 0, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason}
     message = {"role": "assistant", "content": content, "refusal": None}
     if reasoning:
         message["reasoning_content"] = reasoning
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
