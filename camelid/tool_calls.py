@@ -26,6 +26,50 @@ FORMATS = ("hermes", "llama3", "mistral", "generic")
 MAX_PARALLEL_CALLS = 4  # calls per reply with parallel_tool_calls: a small model would otherwise repeat calls until max_tokens
 
 
+class ToolRequestError(CamelidError):
+    """A request's tools or tool_choice that cannot be served; `param` names the field (a 400 on the server)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def plan(tools: Any, tool_choice: Any, parallel: bool, messages: list[dict], variables: dict, constraint: tuple | None,
+         template_source: str, special_token) -> tuple[list[dict], tuple | None, str | None]:
+    """How to run a chat request with tools: (the messages to render, the output constraint, the call
+    format to parse the reply in, or None when no tool may be called). Sets variables["tools"] for
+    templates with a tool syntax; constraint is the request's own (response_format), which tools
+    exclude. special_token(text) gives the id of a special token spelled text, or None."""
+    try:
+        tools = check_tools(tools)
+    except CamelidError as exc:
+        raise ToolRequestError("tools", str(exc)) from None
+    try:
+        picked, required = chosen_tools(tools, tool_choice)
+    except CamelidError as exc:
+        raise ToolRequestError("tool_choice", str(exc)) from None
+    fmt = tool_format(template_source)
+    if fmt == "generic":
+        messages = messages_for_generic(messages)
+    if not picked:
+        return messages, constraint, None
+    if constraint is not None:
+        raise ToolRequestError(constraint[2], f"{constraint[2]} cannot be combined with tools; leave one out.")
+    if fmt == "generic":
+        schema = generic_schema(picked, required, parallel)
+        note = generic_system_text(picked, schema)
+        if messages and messages[0]["role"] == "system":
+            messages = [{"role": "system", "content": messages[0]["content"] + "\n\n" + note}, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": note}, *messages]
+        return messages, ("json", schema, "tools"), fmt
+    variables["tools"] = picked
+    messages = [with_argument_objects(m) for m in messages]
+    if required:
+        return messages, ("lark", native_lark(fmt, picked, parallel, special_token), "tools"), fmt
+    return messages, None, fmt
+
+
 def tool_format(template_source: str) -> str:
     """The tool-call syntax a chat template teaches its model (see the module docstring)."""
     if "<tool_call>" in template_source:

@@ -1,6 +1,7 @@
 """Ollama's API through the official `ollama` Python client against a real `camelid serve` on SmolLM2:
 the same greedy text as the OpenAI routes, NDJSON streaming, embeddings equal to Model.embed, the
-model listings, and clear errors for what is not supported."""
+model listings, tools, and clear errors for what is not supported. (format is tested in
+test_structured_output.py, think in test_reasoning.py.)"""
 
 from __future__ import annotations
 
@@ -110,6 +111,29 @@ def test_listings(server, client):
     assert server.get("/api/version").json()["version"]
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather of a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]}}}
+
+
+def test_tools_are_offered_and_the_reply_parsed(client):
+    """SmolLM2 answers in the generic JSON form (camelid.tool_calls): a text response comes back as plain
+    content, a call as message.tool_calls; a history with a call and its result renders."""
+    options = {"temperature": 0, "num_predict": 120}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    reply = client.chat(model="m", messages=ask, tools=[WEATHER], options=options)
+    assert reply.done_reason == "stop"
+    assert reply.message.tool_calls or (reply.message.content and not reply.message.content.lstrip().startswith("{"))
+    for call in reply.message.tool_calls or []:
+        assert call.function.name == "get_weather" and isinstance(call.function.arguments, dict)
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+               {"role": "tool", "content": '{"temperature": 21}', "tool_name": "get_weather"}]
+    after = client.chat(model="m", messages=history, tools=[WEATHER], options=options)
+    assert after.done and (after.message.content or after.message.tool_calls)
+    streamed = list(client.chat(model="m", messages=ask, tools=[WEATHER], options=options, stream=True))
+    assert "".join(p.message.content for p in streamed) == reply.message.content
+
+
 def test_empty_requests_load_the_model(client):
     assert client.chat(model="m", messages=[]).done_reason == "load"
     assert client.generate(model="m", prompt="").done_reason == "load"
@@ -118,9 +142,8 @@ def test_empty_requests_load_the_model(client):
 @pytest.mark.parametrize("call, words", [
     (lambda c: c.chat(model="m", messages=[{"role": "user", "content": "hi", "images": ["aGVsbG8="]}]), "images"),
     (lambda c: c.generate(model="m", prompt="hi", images=["aGVsbG8="]), "images"),
-    (lambda c: c.chat(model="m", messages=QUESTION, format="json"), "format"),
     (lambda c: c.chat(model="m", messages=QUESTION, think=True), "think"),
-    (lambda c: c.chat(model="m", messages=QUESTION, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]), "tool"),
+    (lambda c: c.chat(model="m", messages=QUESTION, tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools"),
     (lambda c: c.generate(model="m", prompt="hi", options={"num_predict": 0}), "num_predict"),
     (lambda c: c.generate(model="m", prompt="hi", options={"temperature": "hot"}), "options"),
 ])
@@ -136,3 +159,5 @@ def test_errors_have_ollamas_shape(server):
     r = server.post("/api/chat", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
     assert isinstance(server.post("/v1/chat/completions", json={}).json()["error"], dict)  # OpenAI's shape stays
+    r = server.post("/api/chat", json={"model": "m", "messages": QUESTION, "format": "yaml"})  # the client refuses it itself
+    assert r.status_code == 400 and "format" in r.json()["error"]

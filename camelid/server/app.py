@@ -371,7 +371,8 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         messages, variables = body.plain_messages(), body.template_variables()
         constraint, call_format = body.output_constraint(), None
         if body.tools:
-            messages, constraint, call_format = tool_plan(body, messages, variables, constraint)
+            messages, constraint, call_format = tool_calls.plan(body.tools, body.tool_choice, body.parallel_tool_calls, messages,
+                                                                variables, constraint, model.template.source, special_token)
         prompt, text = await asyncio.to_thread(chat_prompt, messages, variables)
         check_room(prompt, body.token_limit(), "messages")
         try:
@@ -389,38 +390,6 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         """The id of the control or user-defined token spelled text (<tool_call>), else None."""
         tid = tok.token_id(text)
         return tid if tid is not None and (tok.is_control(tid) or tok.is_user_defined(tid)) else None
-
-    def tool_plan(body: ChatCompletionRequest, messages: list[dict], variables: dict, constraint):
-        """(messages, output constraint, tool-call format or None) for a request with tools (camelid.tools)."""
-        try:
-            tools = tool_calls.check_tools(body.tools)
-        except CamelidError as exc:
-            raise InvalidParam("tools", str(exc)) from None
-        try:
-            picked, required = tool_calls.chosen_tools(tools, body.tool_choice)
-        except CamelidError as exc:
-            raise InvalidParam("tool_choice", str(exc)) from None
-        fmt = tool_calls.tool_format(model.template.source)
-        if fmt == "generic":
-            messages = tool_calls.messages_for_generic(messages)
-        if not picked:
-            return messages, constraint, None
-        if constraint is not None:
-            raise InvalidParam(constraint[2], f"{constraint[2]} cannot be combined with tools; leave one out.")
-        parallel = body.parallel_tool_calls
-        if fmt == "generic":
-            schema = tool_calls.generic_schema(picked, required, parallel)
-            note = tool_calls.generic_system_text(picked, schema)
-            if messages and messages[0]["role"] == "system":
-                messages = [{"role": "system", "content": messages[0]["content"] + "\n\n" + note}, *messages[1:]]
-            else:
-                messages = [{"role": "system", "content": note}, *messages]
-            return messages, ("json", schema, "tools"), fmt
-        variables["tools"] = picked
-        messages = [tool_calls.with_argument_objects(m) for m in messages]
-        if required:
-            return messages, ("lark", tool_calls.native_lark(fmt, picked, parallel, special_token), "tools"), fmt
-        return messages, None, fmt
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(body: CompletionRequest, request: Request):
@@ -502,7 +471,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
         model=model, model_id=model_id, pooling=pooling, scheduler=scheduler, metrics=metrics, timeout=limits.timeout,
         reasoning_format=reasoning_format,
         max_tokens=limits.max_tokens, chat_prompt=chat_prompt, tokenize_text=tokenize_text, check_room=check_room,
-        embedding_tokens=embedding_tokens, submit=submit, events=events, output_mask=output_mask)))
+        embedding_tokens=embedding_tokens, submit=submit, events=events, output_mask=output_mask, special_token=special_token)))
     if data_dir is not None and importlib.util.find_spec("camelid.server.web") is not None:
         from camelid.server.web import make_web_router
 

@@ -8,7 +8,8 @@ keep_alive is accepted and changes nothing, and options.num_ctx cannot grow the 
 started with (a request that does not fit ends with done_reason "length", as Ollama's does).
 A thinking model's reasoning (<think>...</think>, camelid.reasoning) comes in `thinking`; think=false
 sets the template's enable_thinking to false (Qwen3). Not supported yet, refused with a 400 that
-says so: images, tools. format ("json" or a JSON schema) constrains the reply as the OpenAI routes' response_format.
+says so: images. format ("json" or a JSON schema) constrains the reply as the OpenAI routes' response_format;
+tools are offered and parsed as there (camelid.tool_calls), the calls in message.tool_calls.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from camelid import __version__
 from camelid.chat.template import check_template_variables
 from camelid.errors import CamelidError
 from camelid.reasoning import ReasoningSplitter, prompt_opens_thinking, splits_reasoning, template_thinks
+from camelid import tool_calls
 from camelid.sampling import SamplingParams
 from camelid.server.guard import APIError
 from camelid.server.openai_schema import InvalidParam
@@ -60,6 +62,7 @@ class Serving:
     embedding_tokens: Callable[[str | list[int], str], list[int]]
     submit: Callable[..., Job]
     output_mask: Callable[[tuple | None], Any]
+    special_token: Callable[[str], int | None]
     events: Callable[..., AsyncIterator]
 
 
@@ -71,6 +74,16 @@ class OllamaMessage(BaseModel):
     images: list[str] | None = None
     tool_calls: list[Any] | None = None
     thinking: str | None = None
+    tool_name: str | None = None
+
+    def template_message(self) -> dict:
+        """The message as the chat template (and camelid.tool_calls) takes it."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [{"type": "function", **c} for c in self.tool_calls if isinstance(c, dict)]
+        if self.role == "tool":
+            message["tool_call_id"] = self.tool_name
+        return message
 
 
 class _Generation(BaseModel):
@@ -191,20 +204,28 @@ def make_ollama_router(s: Serving) -> APIRouter:
                 "load_duration": 0, "prompt_eval_count": done.prompt_tokens, "prompt_eval_duration": _ns(done.prompt_seconds),
                 "eval_count": done.completion_tokens, "eval_duration": _ns(done.generation_seconds)}
 
-    async def start(prompt: list[int], body: _Generation, stops: list[str], deadline: float) -> Job:
+    async def start(prompt: list[int], body: _Generation, stops: list[str], deadline: float, constraint: tuple | None) -> Job:
         max_tokens = body.token_limit()
         s.check_room(prompt, max_tokens, "prompt")
         if max_tokens is None:
             max_tokens = min(s.max_tokens, model.n_ctx - len(prompt))
-        mask = await asyncio.to_thread(s.output_mask, body.output_constraint())
+        mask = await asyncio.to_thread(s.output_mask, constraint)
         return s.submit(prompt, body.sampling(), False, max_tokens, stops, None, deadline, mask)
 
     async def reply(job: Job, request: Request, body: _Generation, started: float, piece: Callable[[str, str], dict],
-                    last: Callable[[Finished, str], dict], splitter: ReasoningSplitter | None):
+                    last: Callable[[Finished, str], dict], splitter: ReasoningSplitter | None, call_format: str | None = None):
         """Ollama's reply to a job: NDJSON lines (stream) or one object that holds all the text. piece(content,
         thinking) shapes the text, last(done, whole raw reply) adds to the final object; with a splitter,
-        the reasoning goes to `thinking`."""
+        the reasoning goes to `thinking`; with a call_format (tools given), the content is held to the
+        end and its calls go to message.tool_calls."""
         raw: list[str] = []
+        held: list[str] = []
+
+        def calls_of(content: str) -> tuple[str, dict]:
+            text, calls = tool_calls.parse_reply(content, call_format)
+            if not calls:
+                return text or "", {}
+            return text or "", {"tool_calls": [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]}
 
         def split(text: str, end: bool = False) -> tuple[str, str]:
             raw.append(text)
@@ -228,12 +249,19 @@ def make_ollama_router(s: Serving) -> APIRouter:
             if done is None:
                 return JSONResponse({}, status_code=499)
             content, thinking = split("".join(text), end=True)
-            return JSONResponse({**piece(content, thinking), **final_fields(done, started), **last(done, "".join(raw))})
+            out = {**piece(content, thinking), **final_fields(done, started), **last(done, "".join(raw))}
+            if call_format is not None:
+                content, calls = calls_of(content)
+                out = {**piece(content, thinking, calls), **final_fields(done, started), **last(done, "".join(raw))}
+            return JSONResponse(out)
 
         async def lines():
             async for event in s.events(job, request, watch=False):
                 if isinstance(event, Piece):
                     content, thinking = split(event.text)
+                    if call_format is not None:
+                        held.append(content)
+                        content = ""
                     if content or thinking:
                         yield json.dumps({**piece(content, thinking), "done": False}, ensure_ascii=False) + "\n"
                 elif isinstance(event, Failed):
@@ -242,7 +270,10 @@ def make_ollama_router(s: Serving) -> APIRouter:
                     return
                 else:
                     content, thinking = split("", end=True)
-                    final = {**piece(content, thinking), **final_fields(event, started), **last(event, "".join(raw))}
+                    calls: dict = {}
+                    if call_format is not None:
+                        content, calls = calls_of("".join(held) + content)
+                    final = {**piece(content, thinking, calls), **final_fields(event, started), **last(event, "".join(raw))}
                     yield json.dumps(final, ensure_ascii=False) + "\n"
 
         return StreamingResponse(lines(), media_type=NDJSON)
@@ -260,8 +291,8 @@ def make_ollama_router(s: Serving) -> APIRouter:
         variables.setdefault("enable_thinking", True)
         return True
 
-    def with_thinking(fields: dict, thinking_text: str) -> dict:
-        return {**fields, "thinking": thinking_text} if thinking_text else fields
+    def with_thinking(fields: dict, thinking_text: str, calls: dict | None = None) -> dict:
+        return {**fields, **({"thinking": thinking_text} if thinking_text else {}), **(calls or {})}
 
     def loaded_reply(name: str, body: _Generation, chat: bool) -> JSONResponse:
         """Ollama's answer to a request with nothing to generate: it loads (or, keep_alive 0, unloads) the model."""
@@ -275,8 +306,6 @@ def make_ollama_router(s: Serving) -> APIRouter:
         """Reply to a conversation (Ollama's /api/chat)."""
         started = time.monotonic()
         deadline = started + s.timeout
-        if body.tools:
-            raise InvalidParam("tools", "tool calls are not supported by camelid yet; leave out tools.")
         if not body.messages:
             return loaded_reply(body.model, body, chat=True)
         for i, m in enumerate(body.messages):
@@ -288,14 +317,19 @@ def make_ollama_router(s: Serving) -> APIRouter:
             raise InvalidParam("chat_template_kwargs", str(exc)) from None
         name = body.model or s.model_id
         split = thinking(body, variables, name)
-        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        messages = [m.template_message() for m in body.messages]
+        constraint, call_format = body.output_constraint(), None
+        if body.tools:
+            messages, constraint, call_format = tool_calls.plan(body.tools, "auto", True, messages, variables, constraint,
+                                                                model.template.source, s.special_token)
         prompt, text = await asyncio.to_thread(s.chat_prompt, messages, variables)
         s.metrics.count_request("/api/chat")
-        job = await start(prompt, body, model.template.stop_strings + body.stops(), deadline)
+        job = await start(prompt, body, model.template.stop_strings + body.stops(), deadline, constraint)
         return await reply(job, request, body, started,
-                           lambda content, thought: {"model": name, "created_at": _now(),
-                                                     "message": with_thinking({"role": "assistant", "content": content}, thought)},
-                           lambda done, whole: {}, ReasoningSplitter(prompt_opens_thinking(text)) if split else None)
+                           lambda content, thought, calls=None: {
+                               "model": name, "created_at": _now(),
+                               "message": with_thinking({"role": "assistant", "content": content}, thought, calls)},
+                           lambda done, whole: {}, ReasoningSplitter(prompt_opens_thinking(text)) if split else None, call_format)
 
     @router.post("/api/generate")
     async def generate(body: GenerateRequest, request: Request):
@@ -328,9 +362,11 @@ def make_ollama_router(s: Serving) -> APIRouter:
             tokens = tokens[1:]  # the earlier context already starts with BOS
         prompt = context + tokens
         s.metrics.count_request("/api/generate")
-        job = await start(prompt, body, (model.template.stop_strings if not body.raw else []) + body.stops(), deadline)
+        job = await start(prompt, body, (model.template.stop_strings if not body.raw else []) + body.stops(), deadline,
+                          body.output_constraint())
         return await reply(job, request, body, started,
-                           lambda content, thought: with_thinking({"model": name, "created_at": _now(), "response": content}, thought),
+                           lambda content, thought, calls=None: with_thinking({"model": name, "created_at": _now(), "response": content},
+                                                                              thought),
                            lambda done, whole: {"context": prompt + tok.encode(whole, add_special=False, parse_special=True)},
                            splitter)
 
