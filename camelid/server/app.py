@@ -192,7 +192,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
                         code="queue_full" if status == 429 else "server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def output_mask(constraint: tuple[str, Any, str] | None) -> GrammarMask | None:
-        """The token mask of a request's constrained output (see OutputFields.output_constraint); a grammar
+        """The token mask of a request's constrained output (see SamplingFields.output_constraint); a grammar
         that cannot be compiled is a 400 naming the field. Compiling takes up to a second: call it in a thread."""
         if constraint is None:
             return None
