@@ -194,7 +194,8 @@ class Soak:
         elif variant == 9:
             r = client.post("/v1/completions", json={"prompt": "tell me more " * CTX, "max_tokens": 1})
         elif variant == 10:
-            r = client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": HI})
+            bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+            r = client.post("/v1/chat/completions", json={"messages": HI, "response_format": bad_schema})
         else:
             r = client.post("/v1/completions", content=b"prompt=x", headers={"Content-Type": "text/plain"})
         self.expect(400 <= r.status_code < 500 and set(r.json()) == {"error"}, f"request {i} (malformed {variant}): {r.status_code} {r.text[:200]}")

@@ -212,20 +212,20 @@ def make_ollama_router(s: Serving) -> APIRouter:
         mask = await asyncio.to_thread(s.output_mask, constraint)
         return s.submit(prompt, body.sampling(), False, max_tokens, stops, None, deadline, mask)
 
-    async def reply(job: Job, request: Request, body: _Generation, started: float, piece: Callable[[str, str], dict],
+    async def reply(job: Job, request: Request, body: _Generation, started: float, piece: Callable[..., dict],
                     last: Callable[[Finished, str], dict], splitter: ReasoningSplitter | None, call_format: str | None = None):
         """Ollama's reply to a job: NDJSON lines (stream) or one object that holds all the text. piece(content,
-        thinking) shapes the text, last(done, whole raw reply) adds to the final object; with a splitter,
+        thinking, calls) shapes the text, last(done, whole raw reply) adds to the final object; with a splitter,
         the reasoning goes to `thinking`; with a call_format (tools given), the content is held to the
         end and its calls go to message.tool_calls."""
         raw: list[str] = []
         held: list[str] = []
 
         def calls_of(content: str) -> tuple[str, dict]:
+            """(the reply's text, {"tool_calls": [...]} or {}) of content in the call format."""
             text, calls = tool_calls.parse_reply(content, call_format)
-            if not calls:
-                return text or "", {}
-            return text or "", {"tool_calls": [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]}
+            found = [{"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]
+            return text or "", ({"tool_calls": found} if found else {})
 
         def split(text: str, end: bool = False) -> tuple[str, str]:
             raw.append(text)
@@ -249,11 +249,10 @@ def make_ollama_router(s: Serving) -> APIRouter:
             if done is None:
                 return JSONResponse({}, status_code=499)
             content, thinking = split("".join(text), end=True)
-            out = {**piece(content, thinking), **final_fields(done, started), **last(done, "".join(raw))}
+            calls: dict = {}
             if call_format is not None:
                 content, calls = calls_of(content)
-                out = {**piece(content, thinking, calls), **final_fields(done, started), **last(done, "".join(raw))}
-            return JSONResponse(out)
+            return JSONResponse({**piece(content, thinking, calls), **final_fields(done, started), **last(done, "".join(raw))})
 
         async def lines():
             async for event in s.events(job, request, watch=False):
