@@ -50,8 +50,12 @@ class ReasoningSplitter:
         self._pending = ""  # text held back: a possible tag start, or whitespace whose place is not known yet
         self._reasoning_started = False
 
-    def feed(self, text: str) -> tuple[str, str]:
-        """(reasoning, content) that this piece completes."""
+    def feed(self, text: str, last: bool = False) -> tuple[str, str]:
+        """(reasoning, content) that this piece completes; with last (the reply's end), all that is left."""
+        if last:
+            r1, c1 = self.feed(text)
+            r2, c2 = self.flush()
+            return r1 + r2, c1 + c2
         self._pending += text
         reasoning, content = [], []
         while self._pending:
@@ -98,7 +102,4 @@ class ReasoningSplitter:
 
 def split_reasoning(text: str, opened: bool = False) -> tuple[str, str]:
     """A whole reply as (reasoning, content)."""
-    splitter = ReasoningSplitter(opened)
-    r1, c1 = splitter.feed(text)
-    r2, c2 = splitter.flush()
-    return r1 + r2, c1 + c2
+    return ReasoningSplitter(opened).feed(text, last=True)

@@ -54,10 +54,7 @@ class ReplyWriter:
         if self.splitter is None:
             self.out.write(text)
             return
-        reasoning, content = self.splitter.feed(text)
-        if last:
-            more = self.splitter.flush()
-            reasoning, content = reasoning + more[0], content + more[1]
+        reasoning, content = self.splitter.feed(text, last)
         if reasoning:
             if not self.thinking:
                 self.out.write(DIM + ("" if self.show else "thinking..."))

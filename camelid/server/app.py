@@ -259,13 +259,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
 
         def split(text: str, last: bool = False) -> tuple[str | None, str]:
             """(reasoning, content) of new reply text (and, when last, of what the splitter held back)."""
-            if splitter is None:
-                return None, text
-            reasoning, content = splitter.feed(text)
-            if last:
-                more = splitter.flush()
-                reasoning, content = reasoning + more[0], content + more[1]
-            return reasoning, content
+            return (None, text) if splitter is None else splitter.feed(text, last)
 
         def wrap(choices, **extra):
             kind = ("chat.completion.chunk" if body.stream else "chat.completion") if chat else "text_completion"

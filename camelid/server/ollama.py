@@ -231,10 +231,7 @@ def make_ollama_router(s: Serving) -> APIRouter:
             raw.append(text)
             if splitter is None:
                 return text, ""
-            thinking, content = splitter.feed(text)
-            if end:
-                more = splitter.flush()
-                thinking, content = thinking + more[0], content + more[1]
+            thinking, content = splitter.feed(text, end)
             return content, thinking
 
         if not body.stream:
