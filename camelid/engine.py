@@ -176,12 +176,10 @@ class GenerationSequence:
         self.matcher = StopStringMatcher(request.stop)
         if logits is not None and cache.tokens != prompt:
             raise ValueError("a sequence that starts from logits needs its whole prompt in the cache")
-        cached = len(prompt) if logits is not None else reusable_prefix(cache, prompt, rules, n_batch)
-        self.stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=cached)
-        cache.truncate(cached)
-        # the prompt runs in chunks, if they give every row the arithmetic of n_batch batches
-        rows = functools.partial(_row_arithmetic, len(prompt), self.stats.cached_tokens, rules=rules)
-        self.batch = chunk if chunk < n_batch and rows(chunk) == rows(n_batch) else n_batch
+        self.rules, self.n_batch, self.chunk = rules, n_batch, chunk
+        self.stats = GenerationStats(prompt_tokens=len(prompt), cached_tokens=len(prompt) if logits is not None else 0)
+        self.begun = logits is not None
+        self.batch = n_batch
         self.generated: list[int] = []
         self.logits = logits  # (n_vocab,) after the last token fed; None while the prompt runs
         self.logprobs: list[TokenLogprob] = []
@@ -192,7 +190,20 @@ class GenerationSequence:
 
     @property
     def prompt_left(self) -> int:
-        return len(self.prompt) - self.cache.n_past if self.logits is None else 0
+        if self.logits is not None:
+            return 0
+        return len(self.prompt) - (self.cache.n_past if self.begun else 0)
+
+    def begin(self) -> None:
+        """Before the first prompt batch: keep the reusable part of the cache's prefix (a pooled
+        cache finds it in what other sequences have processed by now) and choose the batch size."""
+        cached = reusable_prefix(self.cache, self.prompt, self.rules, self.n_batch)
+        self.cache.keep_prefix(self.prompt, cached)
+        self.stats.cached_tokens = cached
+        # the prompt runs in chunks, if they give every row the arithmetic of n_batch batches
+        rows = functools.partial(_row_arithmetic, len(self.prompt), cached, rules=self.rules)
+        self.batch = self.chunk if self.chunk < self.n_batch and rows(self.chunk) == rows(self.n_batch) else self.n_batch
+        self.begun = True
 
 
 class Engine:
@@ -272,6 +283,8 @@ class Engine:
 
     def _prompt_batch(self, seq: GenerationSequence) -> None:
         """Feed the sequence's next prompt chunk (seq.batch tokens)."""
+        if not seq.begun:
+            seq.begin()
         done = seq.cache.n_past
         stop = min(len(seq.prompt), done + seq.batch)
         t0 = time.perf_counter()

@@ -2,7 +2,8 @@
 
 Eight concurrent streams get, token for token, what each request gets alone and what `camelid run`
 prints for the same prompt; a client that goes away frees its slot at once; a system prompt shared
-with a request that is still generating is copied, not recomputed.
+with a request that is still generating is not recomputed; the KV pool keeps the conversations of
+more clients than there are slots.
 
 The model is Gemma 3 270M Q4_K_M: among its products are K-quants, whose kernels round a batch of
 rows differently from a single row, so the batched decoding step must compute each row as a
@@ -110,3 +111,22 @@ def test_a_shared_system_prompt_is_computed_once(server):
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= 12 * 5, second.usage  # at least the system prompt's tokens
     assert cached < second.usage.prompt_tokens
+
+
+def test_the_kv_pool_keeps_more_conversations_than_slots(server):
+    """-c is one pool: finished conversations stay in it, not one per slot, so the second turn of the
+    first of 12 conversations (on 8 slots) still finds its first turn."""
+    client = server.openai()
+    animals = ["llama", "alpaca", "vicuña", "guanaco", "camel", "dromedary", "yak", "horse", "donkey", "zebra", "goat", "sheep"]
+    firsts = []
+    for animal in animals:
+        messages = [{"role": "user", "content": f"Tell me one fact about the {animal}."}]
+        reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+        firsts.append((messages + [{"role": "assistant", "content": reply.choices[0].message.content}], reply.usage))
+    history, usage = firsts[0]
+    second = client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0, messages=history + [
+        {"role": "user", "content": "And where does it live? Answer in one short sentence, please."}])
+    assert second.usage.prompt_tokens_details.cached_tokens >= usage.prompt_tokens - 4, (second.usage, usage)
+    metrics = poll(lambda: (m := server.metrics())["camelid_kv_cells_used"] == 0 and m)
+    assert metrics["camelid_kv_cells_total"] == 256 * PARALLEL
+    assert 0 < metrics["camelid_kv_cells_cached"] <= metrics["camelid_kv_cells_total"]

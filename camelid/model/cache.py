@@ -73,6 +73,24 @@ class KVCache:
             n += 1
         return n
 
+    def keep_prefix(self, tokens, n: int) -> None:
+        """Hold exactly the first n of `tokens`, which must be within their common prefix."""
+        if n > self.common_prefix(tokens):
+            raise ValueError(f"the cache does not hold the first {n} of these tokens")
+        self.truncate(n)
+
+    def prepare(self, n: int) -> None:
+        """Make room for n more positions (the forward pass checks that they fit)."""
+
+    def commit(self, tokens) -> None:
+        """Record the tokens whose keys and values the forward pass just stored."""
+        self.tokens.extend(int(t) for t in tokens)
+
+    def view(self, layer: int, end: int) -> tuple[np.ndarray, np.ndarray, None]:
+        """Keys and values (end, n_head_kv, head_dim) of positions 0..end-1 of one layer, and the rows
+        argument of camelid.model.ops.attention (None: position t is row t)."""
+        return self.k[layer, :end], self.v[layer, :end], None
+
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Write k, v (n_tokens, n_head_kv, head_dim) for positions start.. of one layer."""
         self.k[layer, start:start + len(k)] = k

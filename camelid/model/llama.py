@@ -16,6 +16,7 @@ from tqdm import tqdm
 from camelid.errors import CamelidError
 from camelid.formats.gguf import GGUFFile
 from camelid.model.cache import KVCache
+from camelid.model.kv_pool import KVPool
 from camelid.model.config import Config
 from camelid.model.ops import Rope, attention, gelu_mul, rms_norm, silu_mul
 from camelid.quant import QTensor, check_supported, load_vector
@@ -167,6 +168,11 @@ class LlamaModel:
         c = self.config
         return KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim)
 
+    def new_pool(self, n_cells: int) -> KVPool:
+        """A KV pool of n_cells positions, shared by the sequences it hands out (camelid.model.kv_pool)."""
+        c = self.config
+        return KVPool(c.n_layer, n_cells, c.n_head_kv, c.head_dim)
+
     def forward(self, tokens, cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run tokens (n,) at positions cache.n_past.. and append them to the cache.
 
@@ -229,6 +235,8 @@ class LlamaModel:
         # the rows of each cache: (cache, first row, position of the first row)
         spans = [(caches[0], 0, caches[0].n_past)] if len(caches) == 1 else [(cache, i, cache.n_past) for i, cache in enumerate(caches)]
         rows_per = n if len(caches) == 1 else 1
+        for cache, _, _ in spans:
+            cache.prepare(rows_per)
         positions = np.concatenate([np.arange(start, start + rows_per) for _, _, start in spans])  # (n,)
         x = self.token_embd.get_rows(tokens)  # (n, n_embd)
         if c.embd_scale != 1.0:
@@ -256,9 +264,9 @@ class LlamaModel:
             for cache, row, start in spans:
                 rows = slice(row, row + rows_per)
                 cache.store(layer, start, k[rows], v[rows])
-                end = start + rows_per
-                att[rows] = attention(q[rows], cache.k[layer, :end], cache.v[layer, :end], start,
-                                      scale=1.0 if c.q_scale else None, window=window)  # (rows, n_head * head_dim)
+                keys, values, cells = cache.view(layer, start + rows_per)
+                att[rows] = attention(q[rows], keys, values, start, scale=1.0 if c.q_scale else None, window=window,
+                                      rows=cells)  # (rows, n_head * head_dim)
             y = b.attn_output.matmul(att, single_rows)  # (n, n_embd)
             if b.attn_post_norm is not None:
                 y = rms_norm(y, b.attn_post_norm, c.rms_eps)
@@ -271,7 +279,7 @@ class LlamaModel:
                 y = rms_norm(y, b.ffn_post_norm, c.rms_eps)
             x = x + y
         for cache, row, _ in spans:
-            cache.tokens.extend(int(t) for t in tokens[row:row + rows_per])
+            cache.commit(tokens[row:row + rows_per])
         x = rms_norm(x, self.output_norm, c.rms_eps)
         if not head:
             return x

@@ -233,11 +233,14 @@ def _rotate(x, cos, sin, rope_dim, neox):
                 x[t, h, i1] = fma32(x0, s, x1 * c)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float | None = None, window: int = 0) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float | None = None, window: int = 0,
+              rows: np.ndarray | None = None) -> np.ndarray:
     """Causal grouped-query attention, as ggml's non-flash path computes it.
 
     q (n, n_head, d) float32 for positions start..start+n-1; k, v (T, n_head_kv, d) float16 for
-    positions 0..T-1 with T = start + n. Query head h reads key/value head h // (n_head / n_head_kv).
+    positions 0..T-1 with T = start + n; or, given rows (T,) int64, k, v (N, n_head_kv, d) where
+    position t is row rows[t] (a paged cache, camelid.model.kv_pool). Query head h reads key/value
+    head h // (n_head / n_head_kv).
     Returns (n, n_head * d) float32. The scores are multiplied by `scale` (default 1/sqrt(d)); with
     `window` > 0 a query at position p sees only positions p - window + 1..p (llama.cpp's standard
     sliding window: masked where p - t >= window).
@@ -250,8 +253,13 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
     scores, of 4 for the output) falls back to ggml_vec_dot_f16 as llama.cpp does.
     """
     n, n_head, d = q.shape
-    t, n_kv, _ = k.shape
-    if k.shape != v.shape or k.shape[2] != d or t != start + n or n_head % n_kv:
+    n_rows, n_kv, _ = k.shape
+    if rows is None:
+        rows = np.arange(n_rows, dtype=np.int64)
+    elif len(rows) and not 0 <= rows.min() <= rows.max() < n_rows:
+        raise ValueError(f"attention: rows outside the {n_rows} rows of the cache")
+    t = len(rows)
+    if k.shape != v.shape or k.shape[2] != d or t != start + n or n_head % n_kv or rows.dtype != np.int64:
         raise ValueError(f"attention: {t} cached positions for {n} queries from {start}, {n_head} heads over {n_kv}")
     q16 = np.empty(q.shape, np.float32)
     _round_f16_all(np.ascontiguousarray(q, dtype=np.float32).reshape(-1), q16.reshape(-1))
@@ -261,7 +269,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
     window = int(window) if window and window > 0 else 1 << 62
     out = np.empty((n, n_head * d), dtype=np.float32)
     if n == 1 and d % 64 == 0:
-        _attention_one(q16, k16, v16, scale, window, out)
+        _attention_one(q16, k16, v16, rows, scale, window, out)
         return out
     # the cache widened to float32 once per call: keys transposed, (n_kv, d, T16 + 16) flat, so that
     # the scores of consecutive positions come out of vector operations; values (n_kv, T16, d)
@@ -269,7 +277,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
     kt = simd.aligned_empty(n_kv * d * (t16 + 16), np.float32)  # rows 16 apart from a power of two: no cache-set conflicts
     v32 = simd.aligned_empty((n_kv, t16, d), np.float32)  # positions padded with zeros to t16
     v32[:, t:] = 0
-    _widen_kv(k16, v16, kt, v32)
+    _widen_kv(k16, v16, rows, kt, v32)
     if n >= 2 and d % 16 == 0:
         _attention_tiled(q16, kt, v32, start, scale, window, out)
     else:
@@ -288,10 +296,12 @@ def _round_f16_all(x, out):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _widen_kv(k16, v16, kt, v32):
-    """float16 bits -> float32: values as they are into v32 (n_kv, >= T, d), keys transposed into kt,
-    flat (n_kv, d, row stride >= T16), through a tile of 16 positions (read by rows, written by columns)."""
-    t_len, n_kv, d = k16.shape
+def _widen_kv(k16, v16, rows, kt, v32):
+    """float16 bits -> float32: position t (row rows[t] of k16, v16 (N, n_kv, d)): values into v32
+    (n_kv, >= T, d), keys transposed into kt, flat (n_kv, d, row stride >= T16), through a tile of
+    16 positions (read by rows, written by columns)."""
+    _, n_kv, d = k16.shape
+    t_len = len(rows)
     t_alloc = v32.shape[1]
     ud = U(d)
     ks = U(len(kt) // (n_kv * d))  # kt's row stride
@@ -302,14 +312,14 @@ def _widen_kv(k16, v16, kt, v32):
         tile = np.empty(16 * d, np.float32)
         uh = U(hk)
         for t in range(U(t_len)):
-            oi = (t * U(n_kv) + uh) * ud
+            oi = (U(rows[t]) * U(n_kv) + uh) * ud
             oo = (uh * U(t_alloc) + t) * ud
             for c in range(ud):
                 v32flat[oo + c] = f16_to_f32(vflat[oi + c])
         for t0 in range(U(0), U(t_len), U(16)):
             nb = min(U(16), U(t_len) - t0)
             for tt in range(nb):
-                oi = ((t0 + tt) * U(n_kv) + uh) * ud
+                oi = (U(rows[t0 + tt]) * U(n_kv) + uh) * ud
                 for c in range(ud):
                     tile[tt * ud + c] = f16_to_f32(kflat[oi + c])
             for c in range(ud):
@@ -507,13 +517,14 @@ def _softmax(w, n_vis, scale, window):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _attention_one(q, k16, v16, scale, window, out):
+def _attention_one(q, k16, v16, rows, scale, window, out):
     """`_attention` for one query and a head size that is a multiple of 64 (ggml_vec_dot_f16 on
-    both products), straight from the float16 cache k16, v16 (T, n_kv, d): the 64 lanes of a
-    score are 4 vectors along the head, and the 64 lanes (positions mod 64) of the outputs a
-    (64, d) float32 scratch."""
+    both products), straight from the float16 cache k16, v16 (N, n_kv, d), position t in row
+    rows[t]: the 64 lanes of a score are 4 vectors along the head, and the 64 lanes (positions
+    mod 64) of the outputs a (64, d) float32 scratch."""
     _, n_head, d = q.shape
-    t_len, n_kv, _ = k16.shape
+    _, n_kv, _ = k16.shape
+    t_len = len(rows)
     group = n_head // n_kv
     ud = U(d)
     row = U(n_kv) * ud  # cache elements per position
@@ -527,7 +538,7 @@ def _attention_one(q, k16, v16, scale, window, out):
         acc = np.zeros(64 * d, np.float32)  # (position mod 64, c)
         qh = q[0, h]
         for t in range(U(t_len)):
-            o = t * row + hk * ud
+            o = U(rows[t]) * row + hk * ud
             s0 = s1 = s2 = s3 = simd.zeros_f32()
             for c in range(U(0), ud, U(64)):
                 s0 = simd.fma(simd.load_f16(kflat, o + c), simd.load_f32(qh, c), s0)
@@ -538,7 +549,7 @@ def _attention_one(q, k16, v16, scale, window, out):
         _softmax(w, t_len, scale, window)
         for t in range(U(t_len)):
             p = simd.broadcast_f32(w[t])
-            o = t * row + hk * ud
+            o = U(rows[t]) * row + hk * ud
             oa = (t % U(64)) * ud
             for c in range(U(0), ud, U(16)):
                 simd.store_f32(acc, oa + c, simd.fma(p, simd.load_f16(vflat, o + c), simd.load_f32(acc, oa + c)))

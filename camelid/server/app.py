@@ -459,7 +459,7 @@ def create_app(model, *, n_slots: int = 1, api_key: str | None = None, data_dir:
     async def prometheus_metrics():
         """Prometheus text: requests, tokens, tokens/s, busy slots, queue depth."""
         busy, waiting = scheduler.load()
-        return PlainTextResponse(metrics.render(busy, len(scheduler.slots), waiting), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(busy, len(scheduler.slots), waiting, scheduler.kv_usage()), media_type="text/plain; version=0.0.4")
 
     app.include_router(make_ollama_router(Serving(
         model=model, model_id=model_id, pooling=pooling, scheduler=scheduler, metrics=metrics, timeout=limits.timeout,

@@ -73,8 +73,9 @@ class Metrics:
             self.cached_tokens += cached
             self.generated_tokens += generated
 
-    def render(self, busy_slots: int, n_slots: int, waiting: int) -> str:
-        """The Prometheus text exposition of every metric."""
+    def render(self, busy_slots: int, n_slots: int, waiting: int, kv: dict[str, int] | None = None) -> str:
+        """The Prometheus text exposition of every metric; kv: the KV pool's cells (Scheduler.kv_usage)."""
+        kv = kv or {"total": 0, "used": 0, "cached": 0, "evicted": 0}
         with self._lock:
             processed = self.prompt_tokens - self.cached_tokens
             rows = [
@@ -87,8 +88,8 @@ class Metrics:
                 ("camelid_connections_stalled_total", "counter", "connections dropped for leaving a response unread (--stall-timeout)",
                  [("", self.stalled)]),
                 ("camelid_prompt_tokens_total", "counter", "prompt tokens of finished generations", [("", self.prompt_tokens)]),
-                ("camelid_prompt_tokens_processed_total", "counter", "prompt tokens computed (not reused from a slot's KV cache)", [("", processed)]),
-                ("camelid_prompt_tokens_cached_total", "counter", "prompt tokens reused from a slot's KV cache", [("", self.cached_tokens)]),
+                ("camelid_prompt_tokens_processed_total", "counter", "prompt tokens computed (not reused from the KV cache)", [("", processed)]),
+                ("camelid_prompt_tokens_cached_total", "counter", "prompt tokens reused from the KV cache", [("", self.cached_tokens)]),
                 ("camelid_generated_tokens_total", "counter", "tokens generated", [("", self.generated_tokens)]),
                 ("camelid_prompt_seconds_total", "counter", "time spent processing prompts", [("", self.prompt_seconds)]),
                 ("camelid_generation_seconds_total", "counter", "time spent generating, per request, summed", [("", self.generation_seconds)]),
@@ -104,6 +105,12 @@ class Metrics:
                 ("camelid_slots_busy", "gauge", "slots generating now", [("", busy_slots)]),
                 ("camelid_slots_total", "gauge", "slots (--parallel)", [("", n_slots)]),
                 ("camelid_requests_waiting", "gauge", "requests queued for a free slot", [("", waiting)]),
+                ("camelid_kv_cells_total", "gauge", "positions the KV pool holds (-c)", [("", kv["total"])]),
+                ("camelid_kv_cells_used", "gauge", "KV pool positions held by running generations", [("", kv["used"])]),
+                ("camelid_kv_cells_cached", "gauge", "KV pool positions kept as prefix cache, freed when needed",
+                 [("", kv["cached"])]),
+                ("camelid_kv_cells_evicted_total", "counter", "cached KV positions dropped to make room, least recently used first",
+                 [("", kv["evicted"])]),
             ]
         lines = []
         for name, kind, help_, samples in rows:

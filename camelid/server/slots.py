@@ -1,5 +1,5 @@
-"""Serving many requests on one model: --parallel slots, each with its own KV cache, one worker thread
-running camelid.engine with continuous batching.
+"""Serving many requests on one model: --parallel slots sharing one KV pool, one worker thread running
+camelid.engine with continuous batching.
 
 The worker thread owns the network. `camelid serve` runs it on the main thread, the one that loaded
 the model (`run()`), and serves HTTP from another: Numba's OpenMP layer keeps a thread team for each
@@ -12,11 +12,12 @@ request with the least prompt left goes first, so a short request is not stuck b
 then the next token of every generating slot in one batched forward pass; a new request joins at the
 next turn. A slot's results do not depend on the others (see camelid.engine).
 
-A new request goes to the free slot whose cache shares the longest prefix with its prompt (the next
-turn of a conversation lands where the previous turn left its keys and values), else to the least
-recently used one; when another slot holds a longer prefix (a system prompt shared by several
-users), its keys and values are copied over instead of recomputed. Other requests wait in a FIFO
-queue of at most max_queue jobs beyond the free slots (one more raises QueueFull). Results travel to
+The slots' sequences live in one KV pool (camelid.model.kv_pool) of n_slots x n_ctx positions, -c
+in all as in llama-server: a prompt reuses the longest prefix that any sequence, running or
+finished, has left in the pool (the next turn of a conversation, a system prompt shared by several
+users), sharing its blocks rather than copying them; finished sequences stay there as cache until
+their blocks are needed, the least recently used first. Requests beyond the free slots wait in a
+FIFO queue of at most max_queue jobs (one more raises QueueFull). Results travel to
 the asyncio side through each job's asyncio.Queue; a cancelled job (its client went away) frees its
 slot at the worker's next turn. A job past its deadline ends: still queued, with a 503; started, as
 if its max_tokens were reached (finish_reason "length", as llama.cpp's server does for
@@ -39,7 +40,7 @@ import numpy as np
 from camelid.embeddings import embed_tokens
 from camelid.engine import Engine, GenerationChunk, GenerationSequence, Request, TokenLogprob
 from camelid.errors import CamelidError
-from camelid.model.cache import KVCache
+from camelid.model.kv_pool import BLOCK, PooledCache
 from camelid.sampling import SamplingParams
 from camelid.threads import set_threads
 
@@ -66,7 +67,7 @@ class Finished:
 
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
-    cached_tokens: int  # prompt tokens whose keys and values came from the slot's cache
+    cached_tokens: int  # prompt tokens whose keys and values came from the KV pool
     completion_tokens: int
     prompt_seconds: float
     generation_seconds: float
@@ -129,18 +130,18 @@ class EmbeddingJob:
 
 
 class Slot:
-    """A KV cache and the job (if any) generating in it."""
+    """A place for one generating job: the job, its sequence in the engine and in the KV pool."""
 
-    def __init__(self, index: int, cache: KVCache):
+    def __init__(self, index: int):
         self.index = index
-        self.cache = cache
         self.job: Job | None = None
         self.seq: GenerationSequence | None = None
-        self.last_used = 0.0
+        self.cache: PooledCache | None = None
 
 
 class Scheduler:
-    """Runs jobs on n_slots KV caches of `model` (a camelid Model) in one worker thread.
+    """Runs up to n_slots jobs at once on `model` (a camelid Model), in one worker thread, each
+    sequence of at most model.n_ctx positions in a KV pool of n_slots x model.n_ctx.
 
     `metrics` (camelid.server.metrics.Metrics) receives each finished generation.
     """
@@ -151,7 +152,8 @@ class Scheduler:
         self.model = model
         self.metrics = metrics
         self.max_queue = max_queue  # None: no bound
-        self.slots = [Slot(i, model.new_cache()) for i in range(n_slots)]
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.pool = model.network.new_pool(n_slots * -(-model.n_ctx // BLOCK) * BLOCK)
         self.engine = Engine(model.network, model.tokenizer)
         self.waiting: deque[Job] = deque()
         self.embedding_jobs: deque[EmbeddingJob] = deque()
@@ -224,6 +226,11 @@ class Scheduler:
         with self._cond:
             return sum(s.job is not None for s in self.slots), len(self.waiting)
 
+    def kv_usage(self) -> dict[str, int]:
+        """The KV pool's positions: in all, held by running sequences, kept as cache, evicted so far."""
+        used, cached = self.pool.usage()
+        return {"total": self.pool.n_cells, "used": used, "cached": cached, "evicted": self.pool.n_evicted_blocks * BLOCK}
+
     # ---- the worker thread ----
 
     def run(self) -> None:
@@ -264,20 +271,16 @@ class Scheduler:
             job = self.waiting.popleft()
             if job.cancelled.is_set():
                 continue
-            slot = max(free, key=lambda s: (s.cache.common_prefix(job.prompt), -s.last_used))
-            free.remove(slot)
+            slot = free.pop(0)
             slot.job = job
             started.append(slot)
         return started
 
     def _start(self, slot: Slot) -> None:
-        """Put the slot's new job into the engine, its cache first holding the longest prefix any slot has."""
+        """Put the slot's new job into the engine, in a new sequence of the KV pool."""
         job = slot.job
         self.metrics.record_queue_time(time.monotonic() - job.submitted)
-        donor = max(self.slots, key=lambda s: s.cache.common_prefix(job.prompt))
-        shared = donor.cache.common_prefix(job.prompt)
-        if donor is not slot and shared > slot.cache.common_prefix(job.prompt):
-            slot.cache.copy_prefix(donor.cache, shared)
+        slot.cache = self.pool.sequence(self.model.n_ctx)
         request = Request(job.prompt, job.max_tokens, job.sampling, job.stop, job.ignore_eos, job.top_logprobs, job.deadline,
                           token_mask=job.token_mask)
         try:
@@ -336,8 +339,7 @@ class Scheduler:
         else:
             log.error("generation failed", exc_info=error)
             slot.job.post(Failed(500, f"internal error while generating ({type(error).__name__}); see the server log."))
-            slot.cache.clear()
-        self._release(slot)
+        self._release(slot, keep=isinstance(error, CamelidError))
 
     @staticmethod
     def _past_deadline(job: Job) -> bool:
@@ -353,6 +355,9 @@ class Scheduler:
         self._release(slot)
         job.post(Finished(reason, len(job.prompt), s.cached_tokens, s.generated_tokens, s.prompt_seconds, s.generation_seconds))
 
-    def _release(self, slot: Slot) -> None:
-        slot.job, slot.seq = None, None
-        slot.last_used = time.perf_counter()
+    def _release(self, slot: Slot, keep: bool = True) -> None:
+        """Free the slot; its sequence's prefix stays in the pool as cache (unless an internal error
+        leaves it in doubt)."""
+        if slot.cache is not None:
+            slot.cache.release(keep)
+        slot.job, slot.seq, slot.cache = None, None, None
