@@ -71,6 +71,17 @@ def register(sub) -> None:
     limits.add_argument("--stall-timeout", type=float, default=Limits.stall_timeout, metavar="SECONDS",
                         help="a client that leaves a response unread this long is disconnected and its generation "
                              "stopped (default: %(default)g)")
+    ray = p.add_argument_group("replicas on Ray Serve (pip install 'camelid[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve with replicas of this server on a Ray cluster, behind one endpoint at --host:--port; "
+                          "a conversation goes back to the replica that holds its prefix")
+    ray.add_argument("--replicas", type=int, default=None, metavar="N", help="replicas (default: 2)")
+    ray.add_argument("--min-replicas", type=int, default=None, metavar="N",
+                     help="autoscale on requests in flight, from N replicas (with --max-replicas)")
+    ray.add_argument("--max-replicas", type=int, default=None, metavar="N", help="autoscale up to N replicas")
+    ray.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                     help="join this Ray cluster (ray start --head printed it; default: $RAY_ADDRESS, else a new "
+                          "cluster on this machine)")
     p.set_defaults(handler=serve)
 
 
@@ -114,6 +125,8 @@ def serve(args: argparse.Namespace) -> int:
         raise CamelidError(f"-c {args.ctx_size} shared by {args.parallel} slots (--parallel) leaves {slot_ctx} tokens for each; "
                            f"give at least {MIN_SLOT_CONTEXT * args.parallel} (-c is the total, as in llama-server).")
     limits = limits_from_args(args)
+    if not args.ray and (args.replicas, args.min_replicas, args.max_replicas, args.ray_address) != (None,) * 4:
+        raise CamelidError("--replicas, --min-replicas, --max-replicas and --ray-address need --ray.")
     data_dir = args.data_dir or default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +135,8 @@ def serve(args: argparse.Namespace) -> int:
     from camelid.chat.store import ConversationStore
 
     ConversationStore(data_dir).close()  # a corrupt or unwritable store stops here, before the model loads
+    if args.ray:
+        return _serve_on_ray(args, slot_ctx, limits, data_dir)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
 
@@ -152,6 +167,29 @@ def serve(args: argparse.Namespace) -> int:
     protocol = stall_guarded(AutoHTTPProtocol, limits.stall_timeout, app.state.metrics.count_stalled)
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5, http=protocol)
     _serve_with_worker_on_main_thread(uvicorn.Server(config), sock, app.state.scheduler)
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, slot_ctx: int | None, limits: Limits, data_dir: Path) -> int:
+    from dataclasses import asdict
+
+    from camelid.ray_serve import ReplicaOptions, Scaling, serve_on_ray
+    from camelid.server.host_check import HostCheck
+
+    if args.replicas is not None and (args.min_replicas is not None or args.max_replicas is not None):
+        raise CamelidError("give either --replicas or --min-replicas/--max-replicas, not both.")
+    low = args.min_replicas or args.replicas or 2
+    scaling = Scaling(low, args.max_replicas or max(low, args.replicas or 2))
+    scaling.check()
+    if not 0 < args.port <= 65535:
+        raise CamelidError(f"--port must be between 1 and 65535 with --ray, got {args.port}.")
+    HostCheck.for_address(args.host, args.port, args.allowed_host)  # a malformed --allowed-host fails here
+    threads = args.threads or max(1, (os.cpu_count() or 1) // scaling.max_replicas)
+    options = ReplicaOptions(model=args.model, n_ctx=slot_ctx, parallel=args.parallel, threads=threads, api_key=args.api_key or None,
+                             data_dir=str(data_dir), host=args.host, port=args.port, allowed_hosts=list(args.allowed_host),
+                             chat_template=args.chat_template, template_variables=dict(args.chat_template_kwargs),
+                             aliases=list(args.alias), reasoning_format=args.reasoning_format, limits=asdict(limits))
+    serve_on_ray(options, scaling, address=args.ray_address or os.environ.get("RAY_ADDRESS"), max_queue=limits.max_queue)
     return 0
 
 
