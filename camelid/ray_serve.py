@@ -24,7 +24,7 @@ import random
 import signal
 import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator, Sequence
 
@@ -88,16 +88,17 @@ class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
     """Routes a request to the replica that served the longest prefix of its routing text (at least
     min_match characters, or a whole earlier text: the previous turn of the conversation), unless
     that replica has `imbalance` more requests in flight than the least loaded one; then, and when
-    nothing matches, to the least loaded replica (requests in flight as this router counts them, in
-    Ray Serve's queue-length cache). A replica that is full (max_ongoing_requests) passes the request
-    on to the next in that order.
+    nothing matches, to the least loaded replica. A replica that is full (max_ongoing_requests)
+    passes the request on to the next in that order.
 
-    Each router (one per gateway replica) remembers the last `history` texts it sent to each replica.
+    Each router (one per gateway replica) counts the requests it has in flight on each replica and
+    remembers the last `history` texts it sent to each.
     """
 
     def initialize_state(self, min_match: int = 32, imbalance: int = 4, history: int = 1024):
         self.min_match, self.imbalance, self.history = min_match, imbalance, history
         self.sent: dict[ReplicaID, deque[str]] = {}
+        self.in_flight: Counter[ReplicaID] = Counter()
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
@@ -110,7 +111,7 @@ class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
                 n = max((m for m in (self._match(text, seen) for seen in self.sent.get(replica.replica_id, ())) if m), default=0)
                 if n > best_n:
                     best, best_n = replica, n
-        loads = {r.replica_id: self.replica_queue_len_cache.get(r.replica_id) or 0 for r in candidate_replicas}
+        loads = {r.replica_id: self.in_flight[r.replica_id] for r in candidate_replicas}
         by_load = [[r] for r in sorted(candidate_replicas, key=lambda r: (loads[r.replica_id], random.random()))]
         if best is None or loads[best.replica_id] - min(loads.values()) > self.imbalance:
             return by_load
@@ -121,19 +122,26 @@ class PrefixAffinityRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         return n if n >= self.min_match or n == len(seen) else 0
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
+        self.in_flight[replica_id] += 1
         text = _pending_text(pending_request)
         if text:
             self.sent.setdefault(replica_id, deque(maxlen=self.history)).appendleft(text)
 
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        if self.in_flight[replica_id] > 0:
+            self.in_flight[replica_id] -= 1
+
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.sent.pop(replica_id, None)
+        self.in_flight.pop(replica_id, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         alive = {r.replica_id for r in replicas}
-        for gone in [rid for rid in self.sent if rid not in alive]:
-            del self.sent[gone]
+        for gone in [rid for rid in {*self.sent, *self.in_flight} if rid not in alive]:
+            self.sent.pop(gone, None)
+            self.in_flight.pop(gone, None)
 
 
 def _pending_text(pending_request: PendingRequest | None) -> str:

@@ -170,3 +170,30 @@ def test_replica_flags_that_cannot_work_are_refused(tmp_path, flags, message):
     result = subprocess.run([sys.executable, "-m", "camelid", "serve", "--data-dir", str(tmp_path), *flags],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_autoscaling_adds_a_replica_under_load(tmp_path_factory):
+    """--min-replicas 1 --max-replicas 2 with one slot each: six long streams keep five requests
+    waiting on the one replica, more than its target of one in flight, and Ray starts the second,
+    which then gets the requests (here /metrics) that do not follow a conversation."""
+    server_gen = serve(tmp_path_factory, "--ray", "--min-replicas", "1", "--max-replicas", "2", "-m", str(gemma_path()),
+                       "-c", "512", "-np", "1")
+    server = next(server_gen)
+    try:
+        outs = [{} for _ in range(6)]
+        threads = [threading.Thread(target=stream_completion, args=(server.url, f"Once upon a time, {s} said", threading.Event(), o))
+                   for s, o in zip(SUBJECTS, outs)]
+        for t in threads:
+            t.start()
+        replicas = set()
+
+        def second_replica():  # /metrics goes to the least loaded replica: the new one, once it runs
+            replicas.add(httpx.get(server.url + "/metrics", timeout=60).headers[REPLICA])
+            return len(replicas) == 2
+
+        poll(second_replica, timeout=240, interval=1)
+        for t in threads:
+            t.join(300)
+        assert all(o["events"][-1] == "[DONE]" for o in outs), outs
+    finally:
+        server_gen.close()

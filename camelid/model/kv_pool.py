@@ -301,6 +301,8 @@ class PooledCache:
         if start < len(self.nodes) * BLOCK:
             raise ValueError("a sequence cannot write to a block it shares")
         cells = self._cells[start:start + len(k)]
+        if len(cells) and cells[-1] - cells[0] == len(cells) - 1:  # within one block: a plain slice
+            cells = slice(int(cells[0]), int(cells[-1]) + 1)
         self.pool.k[layer, cells] = k
         self.pool.v[layer, cells] = v
 

@@ -239,7 +239,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
 
     q (n, n_head, d) float32 for positions start..start+n-1; k, v (T, n_head_kv, d) float16 for
     positions 0..T-1 with T = start + n; or, given rows (T,) int64, k, v (N, n_head_kv, d) where
-    position t is row rows[t] (a paged cache, camelid.model.kv_pool). Query head h reads key/value
+    position t is row rows[t] < N (a paged cache, camelid.model.kv_pool; the kernels do not check
+    the rows, the pool builds them in range). Query head h reads key/value
     head h // (n_head / n_head_kv).
     Returns (n, n_head * d) float32. The scores are multiplied by `scale` (default 1/sqrt(d)); with
     `window` > 0 a query at position p sees only positions p - window + 1..p (llama.cpp's standard
@@ -256,8 +257,6 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: fl
     n_rows, n_kv, _ = k.shape
     if rows is None:
         rows = np.arange(n_rows, dtype=np.int64)
-    elif len(rows) and not 0 <= rows.min() <= rows.max() < n_rows:
-        raise ValueError(f"attention: rows outside the {n_rows} rows of the cache")
     t = len(rows)
     if k.shape != v.shape or k.shape[2] != d or t != start + n or n_head % n_kv or rows.dtype != np.int64:
         raise ValueError(f"attention: {t} cached positions for {n} queries from {start}, {n_head} heads over {n_kv}")

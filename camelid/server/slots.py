@@ -245,7 +245,9 @@ class Scheduler:
                 if not started and not embeddings and not any(s.job is not None for s in self.slots):
                     if self._closed:
                         return
-                    self._cond.wait()
+                    # with a timeout: a signal that the kernel hands to another thread runs its Python
+                    # handler (`camelid serve`'s SIGTERM/SIGINT) only once this, the main thread, wakes
+                    self._cond.wait(timeout=0.5)
                     continue
             for job in embeddings:
                 self._embed(job)
