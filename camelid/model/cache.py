@@ -56,14 +56,6 @@ class KVCache:
         self.v[:, start:start + n_moved] = self.v[:, stop:n_past]
         del self.tokens[start:stop]
 
-    def copy_prefix(self, other: "KVCache", n: int) -> None:
-        """Hold exactly the first n positions of `other` (keys, values and tokens), copied."""
-        if n > min(other.n_past, self.n_ctx):
-            raise ValueError(f"cannot copy {n} positions of {other.n_past} into a cache of {self.n_ctx}")
-        self.k[:, :n] = other.k[:, :n]
-        self.v[:, :n] = other.v[:, :n]
-        self.tokens[:] = other.tokens[:n]
-
     def common_prefix(self, tokens) -> int:
         """Length of the longest prefix of `tokens` whose keys and values are already held."""
         n = 0
