@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from camelid.quant.activations import fake_quantize
 from camelid.cpu.ggml_math import f32_as_u32, fma32, hsum16, u32_as_f32
-from camelid.quant.kernels.layout import thread_chunks
+from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 
 T = GGMLQuantizationType
 U = np.uint64
@@ -103,76 +103,80 @@ def _dot_vec(w, x, kind, lanes):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_float(w, kind, x, tiny, out, n_chunks):
+def _mm_float(w, kind, x, tiny, out, n_chunks, n_workers):
     """out (n_tok, n_out) = rows of the float32 weights w . rows of x, in the order of tinyBLAS
     (tiny) or of ggml_vec_dot_*. The F32 / F16 tinyBLAS outputs go 2 rows x 4 tokens at a time
     (8 independent fma chains); the others one by one."""
     n_tok, n_in = x.shape
     n_out = out.shape[1]
     n_pairs = (n_out + 1) // 2
-    per = (n_pairs + n_chunks - 1) // n_chunks
     uin = U(n_in)
     blocked = tiny
     n4 = n_tok - n_tok % 4 if blocked else 0
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         lanes = np.zeros(64, np.float32)
         acc = np.zeros(128, np.float32)
-        for p in range(c * per, min(n_pairs, (c + 1) * per)):
-            r = 2 * p
-            if blocked and r + 1 < n_out:
-                wa = w[r]
-                wb = w[r + 1]
-                for t0 in range(0, n4, 4):
-                    x0 = x[t0]
-                    x1 = x[t0 + 1]
-                    x2 = x[t0 + 2]
-                    x3 = x[t0 + 3]
-                    acc[:] = 0
-                    if kind == BF16:
-                        for u in range(U(0), uin, U(32)):
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            p0, p1 = chunk_groups(c, n_chunks, n_pairs)
+            for p in range(p0, p1):
+                r = 2 * p
+                if blocked and r + 1 < n_out:
+                    wa = w[r]
+                    wb = w[r + 1]
+                    for t0 in range(0, n4, 4):
+                        x0 = x[t0]
+                        x1 = x[t0 + 1]
+                        x2 = x[t0 + 2]
+                        x3 = x[t0 + 3]
+                        acc[:] = 0
+                        if kind == BF16:
+                            for u in range(U(0), uin, U(32)):
+                                for lane in range(U(16)):
+                                    i = u + lane
+                                    j = i + U(16)
+                                    for k in range(U(8)):
+                                        vw = wa[i] if k < U(4) else wb[i]
+                                        vx = x0[i] if k % U(4) == U(0) else (x1[i] if k % U(4) == U(1) else (x2[i] if k % U(4) == U(2) else x3[i]))
+                                        vw2 = wa[j] if k < U(4) else wb[j]
+                                        vx2 = x0[j] if k % U(4) == U(0) else (x1[j] if k % U(4) == U(1) else (x2[j] if k % U(4) == U(2) else x3[j]))
+                                        a = _ftz(fma32(vw, vx, acc[k * U(16) + lane]))
+                                        acc[k * U(16) + lane] = _ftz(fma32(vw2, vx2, a))
+                            for tt in range(4):
+                                out[t0 + tt, r] = hsum16(acc, 16 * tt)
+                                out[t0 + tt, r + 1] = hsum16(acc, 64 + 16 * tt)
+                            continue
+                        for u in range(U(0), uin, U(16)):
                             for lane in range(U(16)):
                                 i = u + lane
-                                j = i + U(16)
-                                for k in range(U(8)):
-                                    vw = wa[i] if k < U(4) else wb[i]
-                                    vx = x0[i] if k % U(4) == U(0) else (x1[i] if k % U(4) == U(1) else (x2[i] if k % U(4) == U(2) else x3[i]))
-                                    vw2 = wa[j] if k < U(4) else wb[j]
-                                    vx2 = x0[j] if k % U(4) == U(0) else (x1[j] if k % U(4) == U(1) else (x2[j] if k % U(4) == U(2) else x3[j]))
-                                    a = _ftz(fma32(vw, vx, acc[k * U(16) + lane]))
-                                    acc[k * U(16) + lane] = _ftz(fma32(vw2, vx2, a))
+                                va = wa[i]
+                                vb = wb[i]
+                                a0 = x0[i]
+                                a1 = x1[i]
+                                a2 = x2[i]
+                                a3 = x3[i]
+                                acc[lane] = fma32(va, a0, acc[lane])
+                                acc[U(16) + lane] = fma32(va, a1, acc[U(16) + lane])
+                                acc[U(32) + lane] = fma32(va, a2, acc[U(32) + lane])
+                                acc[U(48) + lane] = fma32(va, a3, acc[U(48) + lane])
+                                acc[U(64) + lane] = fma32(vb, a0, acc[U(64) + lane])
+                                acc[U(80) + lane] = fma32(vb, a1, acc[U(80) + lane])
+                                acc[U(96) + lane] = fma32(vb, a2, acc[U(96) + lane])
+                                acc[U(112) + lane] = fma32(vb, a3, acc[U(112) + lane])
                         for tt in range(4):
                             out[t0 + tt, r] = hsum16(acc, 16 * tt)
                             out[t0 + tt, r + 1] = hsum16(acc, 64 + 16 * tt)
-                        continue
-                    for u in range(U(0), uin, U(16)):
-                        for lane in range(U(16)):
-                            i = u + lane
-                            va = wa[i]
-                            vb = wb[i]
-                            a0 = x0[i]
-                            a1 = x1[i]
-                            a2 = x2[i]
-                            a3 = x3[i]
-                            acc[lane] = fma32(va, a0, acc[lane])
-                            acc[U(16) + lane] = fma32(va, a1, acc[U(16) + lane])
-                            acc[U(32) + lane] = fma32(va, a2, acc[U(32) + lane])
-                            acc[U(48) + lane] = fma32(va, a3, acc[U(48) + lane])
-                            acc[U(64) + lane] = fma32(vb, a0, acc[U(64) + lane])
-                            acc[U(80) + lane] = fma32(vb, a1, acc[U(80) + lane])
-                            acc[U(96) + lane] = fma32(vb, a2, acc[U(96) + lane])
-                            acc[U(112) + lane] = fma32(vb, a3, acc[U(112) + lane])
-                    for tt in range(4):
-                        out[t0 + tt, r] = hsum16(acc, 16 * tt)
-                        out[t0 + tt, r + 1] = hsum16(acc, 64 + 16 * tt)
-                t_first = n4
-            else:
-                t_first = 0
-            for rr in range(r, min(r + 2, n_out)):
-                for t in range(t_first, n_tok):
-                    if tiny:
-                        out[t, rr] = _dot_tiny(w[rr], x[t], kind, lanes)
-                    else:
-                        out[t, rr] = _dot_vec(w[rr], x[t], kind, lanes)
+                    t_first = n4
+                else:
+                    t_first = 0
+                for rr in range(r, min(r + 2, n_out)):
+                    for t in range(t_first, n_tok):
+                        if tiny:
+                            out[t, rr] = _dot_tiny(w[rr], x[t], kind, lanes)
+                        else:
+                            out[t, rr] = _dot_vec(w[rr], x[t], kind, lanes)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -231,5 +235,5 @@ class Dense:
         width = 32 if self.kind == BF16 else 16
         tiny = n_tok >= 2 and not single_rows and self.n_out % 4 == 0 and self.n_in % width == 0
         out = np.empty((n_tok, self.n_out), np.float32)
-        _mm_float(self.w, self.kind, xr, tiny, out, thread_chunks((self.n_out + 1) // 2))
+        _mm_float(self.w, self.kind, xr, tiny, out, *work_split((self.n_out + 1) // 2))
         return out

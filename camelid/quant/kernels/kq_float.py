@@ -11,8 +11,8 @@ Layout (layout.py, float32 families): groups of 64 rows; codes as int8 (unsigned
 per byte; d, dmin as float32, (n_groups, n_sb, R); scales (n_groups, n_sb, n_sub, R) (int8 for Q6_K,
 n_sub = 16; else uint8, n_sub = 8) and mins (n_groups, n_sb, 8, R) uint8.
 
-Each kernel runs its row groups in `n_chunks` parallel chunks, each chunk a call of the path's serial
-function `_*_groups` on the groups g0..g1.
+Each kernel runs its row groups in `n_chunks` chunks, which the threads take one by one (camelid.cpu.work_queue),
+each chunk a call of the path's serial function `_*_groups` on the groups g0..g1.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.cpu.ggml_math import fma32, hsum8
+from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.activations import quantize_q8_K
 from camelid.quant.kernels.layout import (K_KIND, KIND_Q4_K, KIND_Q5_K, KIND_Q6_K, NIBBLE_TYPES, QK, R, acts4,
-                                          interleave_rows, load4, pack_nibbles, thread_chunks, unpack_k)
+                                          interleave_rows, load4, pack_nibbles, unpack_k)
 from camelid.quant.types import BLOCK_TYPES
 
 T = GGMLQuantizationType
@@ -269,39 +270,43 @@ def _repacked_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out,
                 out[t, row] = one[r] - onem[r]
 
 
-@njit(cache=True, inline="always")
-def _chunk(c, n_chunks, n_out):
-    """The row groups g0..g1 of parallel chunk c."""
-    n_groups = (n_out + R - 1) // R
-    per = (n_groups + n_chunks - 1) // n_chunks
-    return c * per, min(n_groups, (c + 1) * per)
-
-
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_vec(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, n_chunks):
+def _mm_vec(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, n_chunks, n_workers):
     """out (n_tok, n_out) in the VEC order (see `_vec_groups`)."""
-    for c in prange(n_chunks):
-        g0, g1 = _chunk(c, n_chunks, n_out)
-        if g0 < g1:
+    n_groups = (n_out + R - 1) // R
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
             _vec_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, g0, g1)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_tiled(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, n_chunks):
+def _mm_tiled(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, n_chunks, n_workers):
     """out (n_tok, n_out) in the TILED order (see `_tiled_groups`)."""
-    for c in prange(n_chunks):
-        g0, g1 = _chunk(c, n_chunks, n_out)
-        if g0 < g1:
+    n_groups = (n_out + R - 1) // R
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
             _tiled_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, out, g0, g1)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_repacked(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, n_gemm, out, n_chunks):
+def _mm_repacked(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, n_gemm, out, n_chunks, n_workers):
     """out (n_tok, n_out) in the GEMM / GEMV order (see `_repacked_groups`)."""
-    for c in prange(n_chunks):
-        g0, g1 = _chunk(c, n_chunks, n_out)
-        if g0 < g1:
+    n_groups = (n_out + R - 1) // R
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
             _repacked_groups(q, p, nibbles, d, dmin, sc, mn, kind, aq, ad, abs16, n_out, n_in, n_gemm, out, g0, g1)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 class KQuantFloat:
@@ -352,7 +357,7 @@ class KQuantFloat:
         abs16 = q.reshape(n_tok, -1, 16).sum(axis=2, dtype=np.int32).astype(np.float64)
         out = np.empty((n_tok, self.n_out), np.float32)
         kernel(self.q, self.p, self.nibbles, self.d, self.dmin, self.sc, self.mn, self.kind, aq,
-               np.ascontiguousarray(d, dtype=np.float32), abs16, self.n_out, self.n_in, *options, out, thread_chunks(self.n_groups))
+               np.ascontiguousarray(d, dtype=np.float32), abs16, self.n_out, self.n_in, *options, out, *work_split(self.n_groups))
         return out
 
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:

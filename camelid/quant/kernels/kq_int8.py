@@ -25,10 +25,11 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.cpu import simd as v
+from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import q8_K_activations
 from camelid.quant.kernels.layout import (K_KIND, KIND_Q4_K, KIND_Q5_K, KIND_Q6_K, NIBBLE_TYPES, QK, ROWS,
                                           interleave_rows, pack_nibble_steps, step_codes, steps_interleaved,
-                                          store_group, thread_chunks, unpack_k)
+                                          store_group, unpack_k)
 from camelid.quant.types import BLOCK_TYPES, k_scales_mins
 
 T = GGMLQuantizationType
@@ -43,7 +44,7 @@ def _sum32(sums16, i):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, n_gemm, out, n_chunks):
+def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, n_gemm, out, n_chunks, n_workers):
     """out (n_tok * n_out): the first n_gemm tokens (a multiple of 4) in the gemm order, 4 at a time,
     the rest in the gemv order.
 
@@ -54,87 +55,91 @@ def _mm_repacked(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, n_gemm,
     uin = U(n_in)
     uout = U(n_out)
     n_groups = (n_out + ROWS - 1) // ROWS
-    per = (n_groups + n_chunks - 1) // n_chunks
     group_bytes = U(n_in // 2 * ROWS)
     n4 = U(n_gemm)
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         tmp = np.empty(ROWS, np.float32)
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            wg = g * group_bytes
-            row0 = g * U(ROWS)
-            n_valid = min(U(ROWS), uout - row0)
-            for t in range(U(0), n4, U(4)):  # gemm: a float step every 64 weights, 4 tokens per weight load
-                acc0 = acc1 = acc2 = acc3 = v.zeros_f32()
-                min0 = min1 = min2 = min3 = v.zeros_f32()
-                for b in range(n_sb):
-                    ob = (g * n_sb + b) * U(ROWS)
-                    dw = v.load_f16(d, ob)
-                    dmw = v.load_f16(dmin, ob)
-                    s0 = s1 = s2 = s3 = v.zeros_i32()
-                    m0 = m1 = m2 = m3 = v.zeros_i32()
-                    for j in range(U(8)):
-                        p0 = p1 = p2 = p3 = v.zeros_i32()  # 16 products of 4-bit codes per int16 half: no overflow
-                        for s in range(U(4)):
-                            lo, hi = step_codes(w, wg + (b * U(32) + j * U(4) + s) * U(64), True)
-                            a = t * uin + b * U(QK) + j * U(32) + s * U(8)
-                            p0 = v.dot_bytes_i16(v.dot_bytes_i16(p0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                            a += uin
-                            p1 = v.dot_bytes_i16(v.dot_bytes_i16(p1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                            a += uin
-                            p2 = v.dot_bytes_i16(v.dot_bytes_i16(p2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                            a += uin
-                            p3 = v.dot_bytes_i16(v.dot_bytes_i16(p3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                        osm = ob * U(8) + j * U(ROWS)
-                        scales = v.load_u8_as_i32(sc, osm)
-                        mins = v.load_u8_as_i32(mn, osm)
-                        si = (t * n_sb + b) * U(8) + j
-                        s0 = v.add_i32(s0, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p0), scales))
-                        s1 = v.add_i32(s1, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p1), scales))
-                        s2 = v.add_i32(s2, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p2), scales))
-                        s3 = v.add_i32(s3, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p3), scales))
-                        m0 = v.add_i32(m0, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si))))
-                        m1 = v.add_i32(m1, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(8) * n_sb))))
-                        m2 = v.add_i32(m2, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(16) * n_sb))))
-                        m3 = v.add_i32(m3, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(24) * n_sb))))
-                        if j % U(2) == U(1):
-                            a0 = v.broadcast_f32(ad[t * n_sb + b])
-                            a1 = v.broadcast_f32(ad[(t + U(1)) * n_sb + b])
-                            a2 = v.broadcast_f32(ad[(t + U(2)) * n_sb + b])
-                            a3 = v.broadcast_f32(ad[(t + U(3)) * n_sb + b])
-                            acc0 = v.fma(v.to_f32(s0), v.mul(dw, a0), acc0)
-                            acc1 = v.fma(v.to_f32(s1), v.mul(dw, a1), acc1)
-                            acc2 = v.fma(v.to_f32(s2), v.mul(dw, a2), acc2)
-                            acc3 = v.fma(v.to_f32(s3), v.mul(dw, a3), acc3)
-                            min0 = v.fma(v.to_f32(m0), v.mul(dmw, a0), min0)
-                            min1 = v.fma(v.to_f32(m1), v.mul(dmw, a1), min1)
-                            min2 = v.fma(v.to_f32(m2), v.mul(dmw, a2), min2)
-                            min3 = v.fma(v.to_f32(m3), v.mul(dmw, a3), min3)
-                            s0 = s1 = s2 = s3 = v.zeros_i32()
-                            m0 = m1 = m2 = m3 = v.zeros_i32()
-                store_group(out, t * uout + row0, n_valid, v.sub(acc0, min0), tmp)
-                store_group(out, (t + U(1)) * uout + row0, n_valid, v.sub(acc1, min1), tmp)
-                store_group(out, (t + U(2)) * uout + row0, n_valid, v.sub(acc2, min2), tmp)
-                store_group(out, (t + U(3)) * uout + row0, n_valid, v.sub(acc3, min3), tmp)
-            for t in range(n4, U(n_tok)):  # gemv: a float step per super-block
-                acc = v.zeros_f32()
-                acc_min = v.zeros_f32()
-                for b in range(n_sb):
-                    ob = (g * n_sb + b) * U(ROWS)
-                    s = v.zeros_i32()
-                    m = v.zeros_i32()
-                    for j in range(U(8)):
-                        pairs = v.zeros_i32()
-                        for st in range(U(4)):
-                            lo, hi = step_codes(w, wg + (b * U(32) + j * U(4) + st) * U(64), True)
-                            a = t * uin + b * U(QK) + j * U(32) + st * U(8)
-                            pairs = v.dot_bytes_i16(v.dot_bytes_i16(pairs, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                        osm = ob * U(8) + j * U(ROWS)
-                        s = v.add_i32(s, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), pairs), v.load_u8_as_i32(sc, osm)))
-                        m = v.add_i32(m, v.mul_i32(v.load_u8_as_i32(mn, osm), v.broadcast_i32(_sum32(sums16, (t * n_sb + b) * U(8) + j))))
-                    da = v.broadcast_f32(ad[t * n_sb + b])
-                    acc = v.fma(v.to_f32(s), v.mul(v.load_f16(d, ob), da), acc)
-                    acc_min = v.fma(v.to_f32(m), v.mul(v.load_f16(dmin, ob), da), acc_min)
-                store_group(out, t * uout + row0, n_valid, v.sub(acc, acc_min), tmp)
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                wg = g * group_bytes
+                row0 = g * U(ROWS)
+                n_valid = min(U(ROWS), uout - row0)
+                for t in range(U(0), n4, U(4)):  # gemm: a float step every 64 weights, 4 tokens per weight load
+                    acc0 = acc1 = acc2 = acc3 = v.zeros_f32()
+                    min0 = min1 = min2 = min3 = v.zeros_f32()
+                    for b in range(n_sb):
+                        ob = (g * n_sb + b) * U(ROWS)
+                        dw = v.load_f16(d, ob)
+                        dmw = v.load_f16(dmin, ob)
+                        s0 = s1 = s2 = s3 = v.zeros_i32()
+                        m0 = m1 = m2 = m3 = v.zeros_i32()
+                        for j in range(U(8)):
+                            p0 = p1 = p2 = p3 = v.zeros_i32()  # 16 products of 4-bit codes per int16 half: no overflow
+                            for s in range(U(4)):
+                                lo, hi = step_codes(w, wg + (b * U(32) + j * U(4) + s) * U(64), True)
+                                a = t * uin + b * U(QK) + j * U(32) + s * U(8)
+                                p0 = v.dot_bytes_i16(v.dot_bytes_i16(p0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                                a += uin
+                                p1 = v.dot_bytes_i16(v.dot_bytes_i16(p1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                                a += uin
+                                p2 = v.dot_bytes_i16(v.dot_bytes_i16(p2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                                a += uin
+                                p3 = v.dot_bytes_i16(v.dot_bytes_i16(p3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            osm = ob * U(8) + j * U(ROWS)
+                            scales = v.load_u8_as_i32(sc, osm)
+                            mins = v.load_u8_as_i32(mn, osm)
+                            si = (t * n_sb + b) * U(8) + j
+                            s0 = v.add_i32(s0, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p0), scales))
+                            s1 = v.add_i32(s1, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p1), scales))
+                            s2 = v.add_i32(s2, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p2), scales))
+                            s3 = v.add_i32(s3, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), p3), scales))
+                            m0 = v.add_i32(m0, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si))))
+                            m1 = v.add_i32(m1, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(8) * n_sb))))
+                            m2 = v.add_i32(m2, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(16) * n_sb))))
+                            m3 = v.add_i32(m3, v.mul_i32(mins, v.broadcast_i32(_sum32(sums16, si + U(24) * n_sb))))
+                            if j % U(2) == U(1):
+                                a0 = v.broadcast_f32(ad[t * n_sb + b])
+                                a1 = v.broadcast_f32(ad[(t + U(1)) * n_sb + b])
+                                a2 = v.broadcast_f32(ad[(t + U(2)) * n_sb + b])
+                                a3 = v.broadcast_f32(ad[(t + U(3)) * n_sb + b])
+                                acc0 = v.fma(v.to_f32(s0), v.mul(dw, a0), acc0)
+                                acc1 = v.fma(v.to_f32(s1), v.mul(dw, a1), acc1)
+                                acc2 = v.fma(v.to_f32(s2), v.mul(dw, a2), acc2)
+                                acc3 = v.fma(v.to_f32(s3), v.mul(dw, a3), acc3)
+                                min0 = v.fma(v.to_f32(m0), v.mul(dmw, a0), min0)
+                                min1 = v.fma(v.to_f32(m1), v.mul(dmw, a1), min1)
+                                min2 = v.fma(v.to_f32(m2), v.mul(dmw, a2), min2)
+                                min3 = v.fma(v.to_f32(m3), v.mul(dmw, a3), min3)
+                                s0 = s1 = s2 = s3 = v.zeros_i32()
+                                m0 = m1 = m2 = m3 = v.zeros_i32()
+                    store_group(out, t * uout + row0, n_valid, v.sub(acc0, min0), tmp)
+                    store_group(out, (t + U(1)) * uout + row0, n_valid, v.sub(acc1, min1), tmp)
+                    store_group(out, (t + U(2)) * uout + row0, n_valid, v.sub(acc2, min2), tmp)
+                    store_group(out, (t + U(3)) * uout + row0, n_valid, v.sub(acc3, min3), tmp)
+                for t in range(n4, U(n_tok)):  # gemv: a float step per super-block
+                    acc = v.zeros_f32()
+                    acc_min = v.zeros_f32()
+                    for b in range(n_sb):
+                        ob = (g * n_sb + b) * U(ROWS)
+                        s = v.zeros_i32()
+                        m = v.zeros_i32()
+                        for j in range(U(8)):
+                            pairs = v.zeros_i32()
+                            for st in range(U(4)):
+                                lo, hi = step_codes(w, wg + (b * U(32) + j * U(4) + st) * U(64), True)
+                                a = t * uin + b * U(QK) + j * U(32) + st * U(8)
+                                pairs = v.dot_bytes_i16(v.dot_bytes_i16(pairs, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            osm = ob * U(8) + j * U(ROWS)
+                            s = v.add_i32(s, v.mul_i32(v.add_i16_pairs(v.zeros_i32(), pairs), v.load_u8_as_i32(sc, osm)))
+                            m = v.add_i32(m, v.mul_i32(v.load_u8_as_i32(mn, osm), v.broadcast_i32(_sum32(sums16, (t * n_sb + b) * U(8) + j))))
+                        da = v.broadcast_f32(ad[t * n_sb + b])
+                        acc = v.fma(v.to_f32(s), v.mul(v.load_f16(d, ob), da), acc)
+                        acc_min = v.fma(v.to_f32(m), v.mul(v.load_f16(dmin, ob), da), acc_min)
+                    store_group(out, t * uout + row0, n_valid, v.sub(acc, acc_min), tmp)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, inline="always")
@@ -180,7 +185,7 @@ def _hsum8_rows(acc):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_vec(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, n_out, n_in, n_tok, out, n_chunks):
+def _mm_vec(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, n_out, n_in, n_tok, out, n_chunks, n_workers):
     """out (n_tok * n_out) in the VEC order: 8 float lanes of integer lane sums per super-block, then
     hsum_float_8, then the min terms (Q4_K: 4 float lanes; Q5_K: one float of their integer total).
 
@@ -193,76 +198,80 @@ def _mm_vec(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, n_out, n_in, n_tok, o
     n_sub = U(16 if kind == KIND_Q6_K else 8)
     sb_bytes = U(QK // 8 * 64 if nibbles else QK // 4 * 64)
     n_groups = (n_out + ROWS - 1) // ROWS
-    per = (n_groups + n_chunks - 1) // n_chunks
     q6 = kind == KIND_Q6_K
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         tmp = np.empty(ROWS, np.float32)
         acc = np.empty(8 * ROWS, np.float32)  # the 8 float lanes, (lane, row)
         acc_min = np.empty(4 * ROWS, np.float32)  # Q4_K: the 4 min lanes
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            row0 = g * U(ROWS)
-            n_valid = min(U(ROWS), uout - row0)
-            for t in range(U(n_tok)):
-                acc[:] = 0
-                acc_min[:] = 0
-                mins = v.zeros_f32()  # Q5_K
-                for b in range(n_sb):
-                    wb = (g * n_sb + b) * sb_bytes
-                    ob = (g * n_sb + b) * U(ROWS)
-                    osc = ob * n_sub
-                    omn = ob * U(8)
-                    at = t * uin + b * U(QK)
-                    bso = (t * n_sb + b) * U(16)
-                    da = ad[t * n_sb + b]
-                    dd = v.mul(v.broadcast_f32(da), v.load_f16(d, ob))
-                    l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = v.zeros_i32()
-                    for j in range(U(8)):
-                        if q6:  # the first 16 values of sub-block j have scale 2j, the others 2j + 1
-                            s_lo = _scales(sc, osc + U(2) * j * U(ROWS), True)
-                            s_hi = _scales(sc, osc + (U(2) * j + U(1)) * U(ROWS), True)
-                        else:
-                            s_lo = s_hi = _scales(sc, osc + j * U(ROWS), False)
-                        a = at + j * U(32)
-                        l0 = _lane_step(l0, w, wb, nibbles, j, U(0), aq, a, s_lo)
-                        l1 = _lane_step(l1, w, wb, nibbles, j, U(1), aq, a, s_lo)
-                        l2 = _lane_step(l2, w, wb, nibbles, j, U(2), aq, a, s_lo)
-                        l3 = _lane_step(l3, w, wb, nibbles, j, U(3), aq, a, s_lo)
-                        l4 = _lane_step(l4, w, wb, nibbles, j, U(4), aq, a, s_hi)
-                        l5 = _lane_step(l5, w, wb, nibbles, j, U(5), aq, a, s_hi)
-                        l6 = _lane_step(l6, w, wb, nibbles, j, U(6), aq, a, s_hi)
-                        l7 = _lane_step(l7, w, wb, nibbles, j, U(7), aq, a, s_hi)
-                    _add_lane(acc, U(0), l0, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(1), l1, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(2), l2, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(3), l3, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(4), l4, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(5), l5, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(6), l6, dd, q6, bs, bso, sc, osc)
-                    _add_lane(acc, U(7), l7, dd, q6, bs, bso, sc, osc)
-                    if not q6:
-                        dm = v.mul(v.broadcast_f32(-da), v.load_f16(dmin, ob))
-                        total = v.zeros_i32()
-                        for kk in range(U(4)):
-                            q0 = bs[bso + U(4) * kk] + bs[bso + U(4) * kk + U(1)]
-                            q1 = bs[bso + U(4) * kk + U(2)] + bs[bso + U(4) * kk + U(3)]
-                            prod = v.add_i32(v.mul_i32(v.load_u8_as_i32(mn, omn + U(2) * kk * U(ROWS)), v.broadcast_i32(q0)),
-                                             v.mul_i32(v.load_u8_as_i32(mn, omn + (U(2) * kk + U(1)) * U(ROWS)), v.broadcast_i32(q1)))
-                            if kind == KIND_Q4_K:
-                                v.store_f32(acc_min, kk * U(ROWS), v.fma(dm, v.to_f32(prod), v.load_f32(acc_min, kk * U(ROWS))))
-                            total = v.add_i32(total, prod)
-                        if kind == KIND_Q5_K:
-                            mins = v.fma(dm, v.to_f32(total), mins)
-                one = _hsum8_rows(acc)  # hsum_float_8 of the lanes, then the min terms
-                if kind == KIND_Q4_K:
-                    one = v.add(one, v.add(v.add(v.load_f32(acc_min, U(0)), v.load_f32(acc_min, U(2 * ROWS))),
-                                           v.add(v.load_f32(acc_min, U(ROWS)), v.load_f32(acc_min, U(3 * ROWS)))))
-                elif kind == KIND_Q5_K:
-                    one = v.add(one, mins)
-                store_group(out, t * uout + row0, n_valid, one, tmp)
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                row0 = g * U(ROWS)
+                n_valid = min(U(ROWS), uout - row0)
+                for t in range(U(n_tok)):
+                    acc[:] = 0
+                    acc_min[:] = 0
+                    mins = v.zeros_f32()  # Q5_K
+                    for b in range(n_sb):
+                        wb = (g * n_sb + b) * sb_bytes
+                        ob = (g * n_sb + b) * U(ROWS)
+                        osc = ob * n_sub
+                        omn = ob * U(8)
+                        at = t * uin + b * U(QK)
+                        bso = (t * n_sb + b) * U(16)
+                        da = ad[t * n_sb + b]
+                        dd = v.mul(v.broadcast_f32(da), v.load_f16(d, ob))
+                        l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = v.zeros_i32()
+                        for j in range(U(8)):
+                            if q6:  # the first 16 values of sub-block j have scale 2j, the others 2j + 1
+                                s_lo = _scales(sc, osc + U(2) * j * U(ROWS), True)
+                                s_hi = _scales(sc, osc + (U(2) * j + U(1)) * U(ROWS), True)
+                            else:
+                                s_lo = s_hi = _scales(sc, osc + j * U(ROWS), False)
+                            a = at + j * U(32)
+                            l0 = _lane_step(l0, w, wb, nibbles, j, U(0), aq, a, s_lo)
+                            l1 = _lane_step(l1, w, wb, nibbles, j, U(1), aq, a, s_lo)
+                            l2 = _lane_step(l2, w, wb, nibbles, j, U(2), aq, a, s_lo)
+                            l3 = _lane_step(l3, w, wb, nibbles, j, U(3), aq, a, s_lo)
+                            l4 = _lane_step(l4, w, wb, nibbles, j, U(4), aq, a, s_hi)
+                            l5 = _lane_step(l5, w, wb, nibbles, j, U(5), aq, a, s_hi)
+                            l6 = _lane_step(l6, w, wb, nibbles, j, U(6), aq, a, s_hi)
+                            l7 = _lane_step(l7, w, wb, nibbles, j, U(7), aq, a, s_hi)
+                        _add_lane(acc, U(0), l0, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(1), l1, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(2), l2, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(3), l3, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(4), l4, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(5), l5, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(6), l6, dd, q6, bs, bso, sc, osc)
+                        _add_lane(acc, U(7), l7, dd, q6, bs, bso, sc, osc)
+                        if not q6:
+                            dm = v.mul(v.broadcast_f32(-da), v.load_f16(dmin, ob))
+                            total = v.zeros_i32()
+                            for kk in range(U(4)):
+                                q0 = bs[bso + U(4) * kk] + bs[bso + U(4) * kk + U(1)]
+                                q1 = bs[bso + U(4) * kk + U(2)] + bs[bso + U(4) * kk + U(3)]
+                                prod = v.add_i32(v.mul_i32(v.load_u8_as_i32(mn, omn + U(2) * kk * U(ROWS)), v.broadcast_i32(q0)),
+                                                 v.mul_i32(v.load_u8_as_i32(mn, omn + (U(2) * kk + U(1)) * U(ROWS)), v.broadcast_i32(q1)))
+                                if kind == KIND_Q4_K:
+                                    v.store_f32(acc_min, kk * U(ROWS), v.fma(dm, v.to_f32(prod), v.load_f32(acc_min, kk * U(ROWS))))
+                                total = v.add_i32(total, prod)
+                            if kind == KIND_Q5_K:
+                                mins = v.fma(dm, v.to_f32(total), mins)
+                    one = _hsum8_rows(acc)  # hsum_float_8 of the lanes, then the min terms
+                    if kind == KIND_Q4_K:
+                        one = v.add(one, v.add(v.add(v.load_f32(acc_min, U(0)), v.load_f32(acc_min, U(2 * ROWS))),
+                                               v.add(v.load_f32(acc_min, U(ROWS)), v.load_f32(acc_min, U(3 * ROWS)))))
+                    elif kind == KIND_Q5_K:
+                        one = v.add(one, mins)
+                    store_group(out, t * uout + row0, n_valid, one, tmp)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_tiled(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, n_out, n_in, n_tok, out, n_chunks):
+def _mm_tiled(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, n_out, n_in, n_tok, out, n_chunks, n_workers):
     """out (n_tok * n_out) in the TILED order: per super-block r = f32(s1) * d_w, then (not Q6_K)
     r = fma(-dmin_w, f32(s2), r), and out = fma(r, d_a, out); arguments as `_mm_vec`."""
     n_sb = U(n_in // QK)
@@ -271,45 +280,49 @@ def _mm_tiled(w, nibbles, kind, d, dmin, sc, mn, aq, ad, bs, n_out, n_in, n_tok,
     n_sub = U(16 if kind == KIND_Q6_K else 8)
     sb_bytes = U(QK // 8 * 64 if nibbles else QK // 4 * 64)
     n_groups = (n_out + ROWS - 1) // ROWS
-    per = (n_groups + n_chunks - 1) // n_chunks
     q6 = kind == KIND_Q6_K
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         tmp = np.empty(ROWS, np.float32)
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            row0 = g * U(ROWS)
-            n_valid = min(U(ROWS), uout - row0)
-            for t in range(U(n_tok)):
-                one = v.zeros_f32()
-                for b in range(n_sb):
-                    wb = (g * n_sb + b) * sb_bytes
-                    ob = (g * n_sb + b) * U(ROWS)
-                    osc = ob * n_sub
-                    omn = ob * U(8)
-                    at = t * uin + b * U(QK)
-                    bso = (t * n_sb + b) * U(16)
-                    da = ad[t * n_sb + b]
-                    s1 = v.zeros_i32()
-                    s2 = v.zeros_i32()
-                    for j in range(U(8)):
-                        lo = v.zeros_i32()
-                        hi = v.zeros_i32()
-                        for k in range(U(4)):
-                            lo = v.dot_bytes(lo, _codes4(w, wb, nibbles, j, k), v.broadcast_bytes4(aq, at + j * U(32) + k * U(4)))
-                            hi = v.dot_bytes(hi, _codes4(w, wb, nibbles, j, k + U(4)), v.broadcast_bytes4(aq, at + j * U(32) + U(16) + k * U(4)))
-                        if q6:
-                            lo = v.sub_i32(lo, v.broadcast_i32(32 * bs[bso + U(2) * j]))
-                            hi = v.sub_i32(hi, v.broadcast_i32(32 * bs[bso + U(2) * j + U(1)]))
-                            s1 = v.add_i32(s1, v.add_i32(v.mul_i32(lo, _scales(sc, osc + U(2) * j * U(ROWS), True)),
-                                                         v.mul_i32(hi, _scales(sc, osc + (U(2) * j + U(1)) * U(ROWS), True))))
-                        else:
-                            s1 = v.add_i32(s1, v.mul_i32(v.add_i32(lo, hi), _scales(sc, osc + j * U(ROWS), False)))
-                            bsum = bs[bso + U(2) * j] + bs[bso + U(2) * j + U(1)]
-                            s2 = v.add_i32(s2, v.mul_i32(v.load_u8_as_i32(mn, omn + j * U(ROWS)), v.broadcast_i32(bsum)))
-                    res = v.mul(v.to_f32(s1), v.load_f16(d, ob))
-                    if not q6:
-                        res = v.fma(v.mul(v.load_f16(dmin, ob), v.broadcast_f32(-1.0)), v.to_f32(s2), res)
-                    one = v.fma(res, v.broadcast_f32(da), one)
-                store_group(out, t * uout + row0, n_valid, one, tmp)
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                row0 = g * U(ROWS)
+                n_valid = min(U(ROWS), uout - row0)
+                for t in range(U(n_tok)):
+                    one = v.zeros_f32()
+                    for b in range(n_sb):
+                        wb = (g * n_sb + b) * sb_bytes
+                        ob = (g * n_sb + b) * U(ROWS)
+                        osc = ob * n_sub
+                        omn = ob * U(8)
+                        at = t * uin + b * U(QK)
+                        bso = (t * n_sb + b) * U(16)
+                        da = ad[t * n_sb + b]
+                        s1 = v.zeros_i32()
+                        s2 = v.zeros_i32()
+                        for j in range(U(8)):
+                            lo = v.zeros_i32()
+                            hi = v.zeros_i32()
+                            for k in range(U(4)):
+                                lo = v.dot_bytes(lo, _codes4(w, wb, nibbles, j, k), v.broadcast_bytes4(aq, at + j * U(32) + k * U(4)))
+                                hi = v.dot_bytes(hi, _codes4(w, wb, nibbles, j, k + U(4)), v.broadcast_bytes4(aq, at + j * U(32) + U(16) + k * U(4)))
+                            if q6:
+                                lo = v.sub_i32(lo, v.broadcast_i32(32 * bs[bso + U(2) * j]))
+                                hi = v.sub_i32(hi, v.broadcast_i32(32 * bs[bso + U(2) * j + U(1)]))
+                                s1 = v.add_i32(s1, v.add_i32(v.mul_i32(lo, _scales(sc, osc + U(2) * j * U(ROWS), True)),
+                                                             v.mul_i32(hi, _scales(sc, osc + (U(2) * j + U(1)) * U(ROWS), True))))
+                            else:
+                                s1 = v.add_i32(s1, v.mul_i32(v.add_i32(lo, hi), _scales(sc, osc + j * U(ROWS), False)))
+                                bsum = bs[bso + U(2) * j] + bs[bso + U(2) * j + U(1)]
+                                s2 = v.add_i32(s2, v.mul_i32(v.load_u8_as_i32(mn, omn + j * U(ROWS)), v.broadcast_i32(bsum)))
+                        res = v.mul(v.to_f32(s1), v.load_f16(d, ob))
+                        if not q6:
+                            res = v.fma(v.mul(v.load_f16(dmin, ob), v.broadcast_f32(-1.0)), v.to_f32(s2), res)
+                        one = v.fma(res, v.broadcast_f32(da), one)
+                    store_group(out, t * uout + row0, n_valid, one, tmp)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 class KQuantInt8:
@@ -362,7 +375,7 @@ class KQuantInt8:
         out = np.empty((n_tok, self.n_out), np.float32)
         kernel = _mm_tiled if n_tok >= 8 and not single_rows else _mm_vec
         kernel(self.w, self.nibbles, self.kind, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in,
-               n_tok, out.reshape(-1), thread_chunks(self.n_groups))
+               n_tok, out.reshape(-1), *work_split(self.n_groups))
         return out
 
 
@@ -379,5 +392,5 @@ class KQuantInt8Repacked(KQuantInt8):
         out = np.empty((n_tok, self.n_out), np.float32)
         n_gemm = 0 if single_rows else n_tok - n_tok % 4
         _mm_repacked(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok, n_gemm,
-                     out.reshape(-1), thread_chunks(self.n_groups))
+                     out.reshape(-1), *work_split(self.n_groups))
         return out

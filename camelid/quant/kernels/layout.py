@@ -28,7 +28,6 @@ arithmetic would be widened to int64.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
@@ -47,11 +46,6 @@ NIBBLE_TYPES = (T.Q4_0, T.Q4_1, T.Q4_K)  # kept two codes per byte, the file's s
 # K-quant kinds as the kernels take them (module-level ints are compile-time constants in Numba)
 KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = 4, 5, 6
 K_KIND = {T.Q4_K: KIND_Q4_K, T.Q5_K: KIND_Q5_K, T.Q6_K: KIND_Q6_K}
-
-
-def thread_chunks(n_groups: int) -> int:
-    """How many parallel work items a product over n_groups row groups runs as: one per thread."""
-    return max(1, min(n_groups, numba.get_num_threads()))
 
 
 # ---------------------------------------------------------------------------- unpacking blocks

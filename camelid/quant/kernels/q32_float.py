@@ -19,9 +19,10 @@ from gguf import GGMLQuantizationType
 from numba import njit, prange
 
 from camelid.cpu.ggml_math import f16_to_f32, fma32
+from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import quantize_q8_0_or_1
 from camelid.quant.kernels.layout import (NIBBLE_TYPES, R, acts2, acts4, codes_q32, interleave_rows, load2, load4,
-                                          pack_nibbles, thread_chunks)
+                                          pack_nibbles)
 from camelid.quant.types import BLOCK_TYPES
 
 T = GGMLQuantizationType
@@ -43,7 +44,7 @@ def _lanes8_finish(acc, summs, has_min, g, n_out, t, out, uR):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_vec(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chunks):
+def _mm_vec(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, out, n_chunks, n_workers):
     """out (n_tok * n_out) = the 8-lane vec_dot of every weight row with every activation row.
 
     Weights: q (n_groups * n_in * R) int8 codes, or with `nibbles` p (n_groups * n_in/2 * R) uint8,
@@ -54,86 +55,90 @@ def _mm_vec(q, p, nibbles, off, d, m, has_min, aq, ad, as_, n_out, n_in, n_tok, 
     """
     n_blocks = n_in // 32
     n_groups = (n_out + R - 1) // R
-    per = (n_groups + n_chunks - 1) // n_chunks
     uR = U(R)
     ub = U(n_blocks)
     uin = U(n_in)
     uout = U(n_out)
     n4 = U(n_tok - n_tok % 4)
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         acc = np.zeros(4 * 8 * R, np.float32)  # (token, lane, row)
         dd = np.zeros(4 * R, np.float32)  # (token, row)
         dw = np.zeros(R, np.float32)  # the block's weight scales, widened once for 4 tokens
         summs = np.zeros(4 * R, np.float32)
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            qg = g * uin * uR
-            pg = g * (uin // U(2)) * uR
-            dg = g * ub * uR
-            for t0 in range(U(0), n4, U(4)):
-                acc[:] = 0
-                summs[:] = 0
-                a0 = t0 * uin
-                a1 = a0 + uin
-                a2 = a1 + uin
-                a3 = a2 + uin
-                for b in range(ub):
-                    db = dg + b * uR
-                    for r in range(uR):
-                        dw[r] = f16_to_f32(d[db + r])
-                    for tt in range(U(4)):
-                        da = ad[(t0 + tt) * ub + b]
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                qg = g * uin * uR
+                pg = g * (uin // U(2)) * uR
+                dg = g * ub * uR
+                for t0 in range(U(0), n4, U(4)):
+                    acc[:] = 0
+                    summs[:] = 0
+                    a0 = t0 * uin
+                    a1 = a0 + uin
+                    a2 = a1 + uin
+                    a3 = a2 + uin
+                    for b in range(ub):
+                        db = dg + b * uR
                         for r in range(uR):
-                            dd[tt * uR + r] = dw[r] * da
-                    for j in range(U(8)):
-                        i = b * U(32) + U(4) * j
-                        x00, x01, x02, x03, c0 = acts4(aq, a0 + i, nibbles, off)
-                        x10, x11, x12, x13, c1 = acts4(aq, a1 + i, nibbles, off)
-                        x20, x21, x22, x23, c2 = acts4(aq, a2 + i, nibbles, off)
-                        x30, x31, x32, x33, c3 = acts4(aq, a3 + i, nibbles, off)
-                        o = qg + i * uR
-                        o2 = pg + (i // U(2)) * uR
-                        oa = j * uR
-                        for r in range(uR):
-                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
-                            s0 = fma32(w3, x03, fma32(w2, x02, fma32(w1, x01, w0 * x00))) - c0
-                            s1 = fma32(w3, x13, fma32(w2, x12, fma32(w1, x11, w0 * x10))) - c1
-                            s2 = fma32(w3, x23, fma32(w2, x22, fma32(w1, x21, w0 * x20))) - c2
-                            s3 = fma32(w3, x33, fma32(w2, x32, fma32(w1, x31, w0 * x30))) - c3
-                            acc[oa + r] = fma32(dd[r], s0, acc[oa + r])
-                            acc[U(8) * uR + oa + r] = fma32(dd[uR + r], s1, acc[U(8) * uR + oa + r])
-                            acc[U(16) * uR + oa + r] = fma32(dd[U(2) * uR + r], s2, acc[U(16) * uR + oa + r])
-                            acc[U(24) * uR + oa + r] = fma32(dd[U(3) * uR + r], s3, acc[U(24) * uR + oa + r])
-                    if has_min:
+                            dw[r] = f16_to_f32(d[db + r])
                         for tt in range(U(4)):
-                            sa = as_[(t0 + tt) * ub + b]
+                            da = ad[(t0 + tt) * ub + b]
                             for r in range(uR):
-                                summs[tt * uR + r] = fma32(f16_to_f32(m[db + r]), sa, summs[tt * uR + r])
-                for tt in range(U(4)):
-                    _lanes8_finish(acc[tt * U(8) * uR:], summs[tt * uR:], has_min, g, uout, t0 + tt, out, uR)
-            for t in range(n4, U(n_tok)):
-                acc[:] = 0
-                summs[:] = 0
-                at = t * uin
-                for b in range(ub):
-                    da = ad[t * ub + b]
-                    db = dg + b * uR
-                    for r in range(uR):
-                        dd[r] = f16_to_f32(d[db + r]) * da
-                    for j in range(U(8)):
-                        i = b * U(32) + U(4) * j
-                        x0, x1, x2, x3, corr = acts4(aq, at + i, nibbles, off)
-                        o = qg + i * uR
-                        o2 = pg + (i // U(2)) * uR
-                        oa = j * uR
+                                dd[tt * uR + r] = dw[r] * da
+                        for j in range(U(8)):
+                            i = b * U(32) + U(4) * j
+                            x00, x01, x02, x03, c0 = acts4(aq, a0 + i, nibbles, off)
+                            x10, x11, x12, x13, c1 = acts4(aq, a1 + i, nibbles, off)
+                            x20, x21, x22, x23, c2 = acts4(aq, a2 + i, nibbles, off)
+                            x30, x31, x32, x33, c3 = acts4(aq, a3 + i, nibbles, off)
+                            o = qg + i * uR
+                            o2 = pg + (i // U(2)) * uR
+                            oa = j * uR
+                            for r in range(uR):
+                                w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
+                                s0 = fma32(w3, x03, fma32(w2, x02, fma32(w1, x01, w0 * x00))) - c0
+                                s1 = fma32(w3, x13, fma32(w2, x12, fma32(w1, x11, w0 * x10))) - c1
+                                s2 = fma32(w3, x23, fma32(w2, x22, fma32(w1, x21, w0 * x20))) - c2
+                                s3 = fma32(w3, x33, fma32(w2, x32, fma32(w1, x31, w0 * x30))) - c3
+                                acc[oa + r] = fma32(dd[r], s0, acc[oa + r])
+                                acc[U(8) * uR + oa + r] = fma32(dd[uR + r], s1, acc[U(8) * uR + oa + r])
+                                acc[U(16) * uR + oa + r] = fma32(dd[U(2) * uR + r], s2, acc[U(16) * uR + oa + r])
+                                acc[U(24) * uR + oa + r] = fma32(dd[U(3) * uR + r], s3, acc[U(24) * uR + oa + r])
+                        if has_min:
+                            for tt in range(U(4)):
+                                sa = as_[(t0 + tt) * ub + b]
+                                for r in range(uR):
+                                    summs[tt * uR + r] = fma32(f16_to_f32(m[db + r]), sa, summs[tt * uR + r])
+                    for tt in range(U(4)):
+                        _lanes8_finish(acc[tt * U(8) * uR:], summs[tt * uR:], has_min, g, uout, t0 + tt, out, uR)
+                for t in range(n4, U(n_tok)):
+                    acc[:] = 0
+                    summs[:] = 0
+                    at = t * uin
+                    for b in range(ub):
+                        da = ad[t * ub + b]
+                        db = dg + b * uR
                         for r in range(uR):
-                            w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
-                            s = fma32(w3, x3, fma32(w2, x2, fma32(w1, x1, w0 * x0))) - corr
-                            acc[oa + r] = fma32(dd[r], s, acc[oa + r])
-                    if has_min:
-                        sa = as_[t * ub + b]
-                        for r in range(uR):
-                            summs[r] = fma32(f16_to_f32(m[db + r]), sa, summs[r])
-                _lanes8_finish(acc, summs, has_min, g, uout, t, out, uR)
+                            dd[r] = f16_to_f32(d[db + r]) * da
+                        for j in range(U(8)):
+                            i = b * U(32) + U(4) * j
+                            x0, x1, x2, x3, corr = acts4(aq, at + i, nibbles, off)
+                            o = qg + i * uR
+                            o2 = pg + (i // U(2)) * uR
+                            oa = j * uR
+                            for r in range(uR):
+                                w0, w1, w2, w3 = load4(q, p, nibbles, o, o2, uR, r)
+                                s = fma32(w3, x3, fma32(w2, x2, fma32(w1, x1, w0 * x0))) - corr
+                                acc[oa + r] = fma32(dd[r], s, acc[oa + r])
+                        if has_min:
+                            sa = as_[t * ub + b]
+                            for r in range(uR):
+                                summs[r] = fma32(f16_to_f32(m[db + r]), sa, summs[r])
+                    _lanes8_finish(acc, summs, has_min, g, uout, t, out, uR)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, inline="always")
@@ -148,7 +153,7 @@ def _block_correction(aq, at, nibbles, off):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_repacked(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chunks):
+def _mm_repacked(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chunks, n_workers):
     """The repacked-Q4_0 order: acc = fma(f32(block integer sum), f32(d_w * d_a), acc) per output.
 
     Weights as for _mm_vec. The block sums (|sum| <= 32 * 8 * 127) are exact in float32, whatever
@@ -156,72 +161,76 @@ def _mm_repacked(q, p, nibbles, off, d, aq, ad, n_out, n_in, n_tok, out, n_chunk
     """
     n_blocks = n_in // 32
     n_groups = (n_out + R - 1) // R
-    per = (n_groups + n_chunks - 1) // n_chunks
     uR = U(R)
     ub = U(n_blocks)
     uin = U(n_in)
     uout = U(n_out)
     n4 = U(n_tok - n_tok % 4)
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         acc = np.zeros(4 * R, np.float32)
         isum = np.zeros(4 * R, np.float32)
         dw = np.zeros(R, np.float32)  # the block's weight scales, widened once for 4 tokens
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            qg = g * uin * uR
-            pg = g * (uin // U(2)) * uR
-            dg = g * ub * uR
-            for t0 in range(U(0), n4, U(4)):
-                acc[:] = 0
-                a0 = t0 * uin
-                for b in range(ub):
-                    isum[:] = 0
-                    for i in range(b * U(32), b * U(32) + U(32), U(2)):
-                        x0, y0 = acts2(aq, a0 + i, nibbles)
-                        x1, y1 = acts2(aq, a0 + uin + i, nibbles)
-                        x2, y2 = acts2(aq, a0 + U(2) * uin + i, nibbles)
-                        x3, y3 = acts2(aq, a0 + U(3) * uin + i, nibbles)
-                        o = qg + i * uR
-                        o2 = pg + (i // U(2)) * uR
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                qg = g * uin * uR
+                pg = g * (uin // U(2)) * uR
+                dg = g * ub * uR
+                for t0 in range(U(0), n4, U(4)):
+                    acc[:] = 0
+                    a0 = t0 * uin
+                    for b in range(ub):
+                        isum[:] = 0
+                        for i in range(b * U(32), b * U(32) + U(32), U(2)):
+                            x0, y0 = acts2(aq, a0 + i, nibbles)
+                            x1, y1 = acts2(aq, a0 + uin + i, nibbles)
+                            x2, y2 = acts2(aq, a0 + U(2) * uin + i, nibbles)
+                            x3, y3 = acts2(aq, a0 + U(3) * uin + i, nibbles)
+                            o = qg + i * uR
+                            o2 = pg + (i // U(2)) * uR
+                            for r in range(uR):
+                                w, v = load2(q, p, nibbles, o, o2, uR, r)
+                                isum[r] = fma32(v, y0, fma32(w, x0, isum[r]))
+                                isum[uR + r] = fma32(v, y1, fma32(w, x1, isum[uR + r]))
+                                isum[U(2) * uR + r] = fma32(v, y2, fma32(w, x2, isum[U(2) * uR + r]))
+                                isum[U(3) * uR + r] = fma32(v, y3, fma32(w, x3, isum[U(3) * uR + r]))
+                        db = dg + b * uR
                         for r in range(uR):
-                            w, v = load2(q, p, nibbles, o, o2, uR, r)
-                            isum[r] = fma32(v, y0, fma32(w, x0, isum[r]))
-                            isum[uR + r] = fma32(v, y1, fma32(w, x1, isum[uR + r]))
-                            isum[U(2) * uR + r] = fma32(v, y2, fma32(w, x2, isum[U(2) * uR + r]))
-                            isum[U(3) * uR + r] = fma32(v, y3, fma32(w, x3, isum[U(3) * uR + r]))
-                    db = dg + b * uR
-                    for r in range(uR):
-                        dw[r] = f16_to_f32(d[db + r])
+                            dw[r] = f16_to_f32(d[db + r])
+                        for tt in range(U(4)):
+                            da = ad[(t0 + tt) * ub + b]
+                            cb = _block_correction(aq, a0 + tt * uin + b * U(32), nibbles, off)
+                            for r in range(uR):
+                                acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, dw[r] * da, acc[tt * uR + r])
                     for tt in range(U(4)):
-                        da = ad[(t0 + tt) * ub + b]
-                        cb = _block_correction(aq, a0 + tt * uin + b * U(32), nibbles, off)
                         for r in range(uR):
-                            acc[tt * uR + r] = fma32(isum[tt * uR + r] - cb, dw[r] * da, acc[tt * uR + r])
-                for tt in range(U(4)):
+                            row = g * uR + r
+                            if row < uout:
+                                out[(t0 + tt) * uout + row] = acc[tt * uR + r]
+                for t in range(n4, U(n_tok)):
+                    acc[:R] = 0
+                    at = t * uin
+                    for b in range(ub):
+                        da = ad[t * ub + b]
+                        db = dg + b * uR
+                        isum[:R] = 0
+                        for i in range(b * U(32), b * U(32) + U(32), U(2)):
+                            a0, a1 = acts2(aq, at + i, nibbles)
+                            o = qg + i * uR
+                            o2 = pg + (i // U(2)) * uR
+                            for r in range(uR):
+                                w, v = load2(q, p, nibbles, o, o2, uR, r)
+                                isum[r] = fma32(v, a1, fma32(w, a0, isum[r]))
+                        cb = _block_correction(aq, at + b * U(32), nibbles, off)
+                        for r in range(uR):
+                            acc[r] = fma32(isum[r] - cb, f16_to_f32(d[db + r]) * da, acc[r])
                     for r in range(uR):
                         row = g * uR + r
                         if row < uout:
-                            out[(t0 + tt) * uout + row] = acc[tt * uR + r]
-            for t in range(n4, U(n_tok)):
-                acc[:R] = 0
-                at = t * uin
-                for b in range(ub):
-                    da = ad[t * ub + b]
-                    db = dg + b * uR
-                    isum[:R] = 0
-                    for i in range(b * U(32), b * U(32) + U(32), U(2)):
-                        a0, a1 = acts2(aq, at + i, nibbles)
-                        o = qg + i * uR
-                        o2 = pg + (i // U(2)) * uR
-                        for r in range(uR):
-                            w, v = load2(q, p, nibbles, o, o2, uR, r)
-                            isum[r] = fma32(v, a1, fma32(w, a0, isum[r]))
-                    cb = _block_correction(aq, at + b * U(32), nibbles, off)
-                    for r in range(uR):
-                        acc[r] = fma32(isum[r] - cb, f16_to_f32(d[db + r]) * da, acc[r])
-                for r in range(uR):
-                    row = g * uR + r
-                    if row < uout:
-                        out[t * uout + row] = acc[r]
+                            out[t * uout + row] = acc[r]
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 class Q32Float:
@@ -279,7 +288,7 @@ class Q32Float:
         out = np.empty((n_tok, self.n_out), np.float32)
         aq, ad, s = self._activations(x)
         _mm_vec(self.q, self.p, self.nibbles, self.off, self.d, self.m, self.has_min, aq, ad, s,
-                self.n_out, self.n_in, n_tok, out.reshape(-1), thread_chunks(self.n_groups))
+                self.n_out, self.n_in, n_tok, out.reshape(-1), *work_split(self.n_groups))
         return out
 
 
@@ -293,5 +302,5 @@ class Q32FloatRepacked(Q32Float):
         out = np.empty((n_tok, self.n_out), np.float32)
         aq, ad, _ = self._activations(x)
         _mm_repacked(self.q, self.p, self.nibbles, self.off, self.d, aq, ad, self.n_out, self.n_in, n_tok,
-                     out.reshape(-1), thread_chunks(self.n_groups))
+                     out.reshape(-1), *work_split(self.n_groups))
         return out

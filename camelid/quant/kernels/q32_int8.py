@@ -30,9 +30,10 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from camelid.cpu import simd as v
+from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import quantize_q8_0_or_1
 from camelid.quant.kernels.layout import (NIBBLE_TYPES, ROWS, codes_q32, interleave_rows, pack_nibble_steps, step_codes,
-                                          steps_interleaved, store_group, thread_chunks)
+                                          steps_interleaved, store_group)
 from camelid.quant.types import BLOCK_TYPES
 
 T = GGMLQuantizationType
@@ -56,64 +57,68 @@ def _activation_sums(aq, n_tok, n_in, off, sums4, sums32):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks):
+def _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks, n_workers):
     """out (n_tok * n_out) in the repacked-Q4_0 order, from 4-bit codes; tokens 4 at a time, then 1 by 1."""
     nb = U(n_in // 32)
     uin = U(n_in)
     uout = U(n_out)
     n_groups = (n_out + ROWS - 1) // ROWS
-    per = (n_groups + n_chunks - 1) // n_chunks
     group_bytes = U(n_in // 2 * ROWS)
     n4 = U(n_tok - n_tok % 4)
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         tmp = np.empty(ROWS, np.float32)
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            wg = g * group_bytes
-            dg = g * nb * U(ROWS)
-            row0 = g * U(ROWS)
-            n_valid = min(U(ROWS), uout - row0)
-            for t in range(U(0), n4, U(4)):
-                acc0 = v.zeros_f32()
-                acc1 = v.zeros_f32()
-                acc2 = v.zeros_f32()
-                acc3 = v.zeros_f32()
-                for b in range(nb):
-                    p0 = p1 = p2 = p3 = v.zeros_i32()
-                    for s in range(U(4)):
-                        lo, hi = step_codes(w, wg + (b * U(4) + s) * U(64), True)
-                        a = t * uin + b * U(32) + s * U(8)
-                        p0 = v.dot_bytes_i16(v.dot_bytes_i16(p0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                        a += uin
-                        p1 = v.dot_bytes_i16(v.dot_bytes_i16(p1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                        a += uin
-                        p2 = v.dot_bytes_i16(v.dot_bytes_i16(p2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                        a += uin
-                        p3 = v.dot_bytes_i16(v.dot_bytes_i16(p3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                    s0 = v.add_i16_pairs(v.broadcast_i32(sums32[t * nb + b]), p0)
-                    s1 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(1)) * nb + b]), p1)
-                    s2 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(2)) * nb + b]), p2)
-                    s3 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(3)) * nb + b]), p3)
-                    dw = v.load_f16(d, dg + b * U(ROWS))
-                    acc0 = v.fma(v.to_f32(s0), v.mul(dw, v.broadcast_f32(ad[t * nb + b])), acc0)
-                    acc1 = v.fma(v.to_f32(s1), v.mul(dw, v.broadcast_f32(ad[(t + U(1)) * nb + b])), acc1)
-                    acc2 = v.fma(v.to_f32(s2), v.mul(dw, v.broadcast_f32(ad[(t + U(2)) * nb + b])), acc2)
-                    acc3 = v.fma(v.to_f32(s3), v.mul(dw, v.broadcast_f32(ad[(t + U(3)) * nb + b])), acc3)
-                store_group(out, t * uout + row0, n_valid, acc0, tmp)
-                store_group(out, (t + U(1)) * uout + row0, n_valid, acc1, tmp)
-                store_group(out, (t + U(2)) * uout + row0, n_valid, acc2, tmp)
-                store_group(out, (t + U(3)) * uout + row0, n_valid, acc3, tmp)
-            for t in range(n4, U(n_tok)):
-                acc = v.zeros_f32()
-                for b in range(nb):
-                    pairs = v.zeros_i32()
-                    for s in range(U(4)):
-                        lo, hi = step_codes(w, wg + (b * U(4) + s) * U(64), True)
-                        a = t * uin + b * U(32) + s * U(8)
-                        pairs = v.dot_bytes_i16(v.dot_bytes_i16(pairs, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
-                    isum = v.add_i16_pairs(v.broadcast_i32(sums32[t * nb + b]), pairs)
-                    dw = v.load_f16(d, dg + b * U(ROWS))
-                    acc = v.fma(v.to_f32(isum), v.mul(dw, v.broadcast_f32(ad[t * nb + b])), acc)
-                store_group(out, t * uout + row0, n_valid, acc, tmp)
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                wg = g * group_bytes
+                dg = g * nb * U(ROWS)
+                row0 = g * U(ROWS)
+                n_valid = min(U(ROWS), uout - row0)
+                for t in range(U(0), n4, U(4)):
+                    acc0 = v.zeros_f32()
+                    acc1 = v.zeros_f32()
+                    acc2 = v.zeros_f32()
+                    acc3 = v.zeros_f32()
+                    for b in range(nb):
+                        p0 = p1 = p2 = p3 = v.zeros_i32()
+                        for s in range(U(4)):
+                            lo, hi = step_codes(w, wg + (b * U(4) + s) * U(64), True)
+                            a = t * uin + b * U(32) + s * U(8)
+                            p0 = v.dot_bytes_i16(v.dot_bytes_i16(p0, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            a += uin
+                            p1 = v.dot_bytes_i16(v.dot_bytes_i16(p1, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            a += uin
+                            p2 = v.dot_bytes_i16(v.dot_bytes_i16(p2, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                            a += uin
+                            p3 = v.dot_bytes_i16(v.dot_bytes_i16(p3, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        s0 = v.add_i16_pairs(v.broadcast_i32(sums32[t * nb + b]), p0)
+                        s1 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(1)) * nb + b]), p1)
+                        s2 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(2)) * nb + b]), p2)
+                        s3 = v.add_i16_pairs(v.broadcast_i32(sums32[(t + U(3)) * nb + b]), p3)
+                        dw = v.load_f16(d, dg + b * U(ROWS))
+                        acc0 = v.fma(v.to_f32(s0), v.mul(dw, v.broadcast_f32(ad[t * nb + b])), acc0)
+                        acc1 = v.fma(v.to_f32(s1), v.mul(dw, v.broadcast_f32(ad[(t + U(1)) * nb + b])), acc1)
+                        acc2 = v.fma(v.to_f32(s2), v.mul(dw, v.broadcast_f32(ad[(t + U(2)) * nb + b])), acc2)
+                        acc3 = v.fma(v.to_f32(s3), v.mul(dw, v.broadcast_f32(ad[(t + U(3)) * nb + b])), acc3)
+                    store_group(out, t * uout + row0, n_valid, acc0, tmp)
+                    store_group(out, (t + U(1)) * uout + row0, n_valid, acc1, tmp)
+                    store_group(out, (t + U(2)) * uout + row0, n_valid, acc2, tmp)
+                    store_group(out, (t + U(3)) * uout + row0, n_valid, acc3, tmp)
+                for t in range(n4, U(n_tok)):
+                    acc = v.zeros_f32()
+                    for b in range(nb):
+                        pairs = v.zeros_i32()
+                        for s in range(U(4)):
+                            lo, hi = step_codes(w, wg + (b * U(4) + s) * U(64), True)
+                            a = t * uin + b * U(32) + s * U(8)
+                            pairs = v.dot_bytes_i16(v.dot_bytes_i16(pairs, lo, v.broadcast_bytes4(aq, a)), hi, v.broadcast_bytes4(aq, a + U(4)))
+                        isum = v.add_i16_pairs(v.broadcast_i32(sums32[t * nb + b]), pairs)
+                        dw = v.load_f16(d, dg + b * U(ROWS))
+                        acc = v.fma(v.to_f32(isum), v.mul(dw, v.broadcast_f32(ad[t * nb + b])), acc)
+                    store_group(out, t * uout + row0, n_valid, acc, tmp)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 def _dot_codes(w, acc, codes, activations):
@@ -139,48 +144,52 @@ def _lane_pair(w, o, nibbles, aq, a, sums4, si, dsc, acc_lo, acc_hi):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_vec(w, nibbles, d, m, has_min, aq, ad, as_, sums4, n_out, n_in, n_tok, out, n_chunks):
+def _mm_vec(w, nibbles, d, m, has_min, aq, ad, as_, sums4, n_out, n_in, n_tok, out, n_chunks, n_workers):
     """out (n_tok * n_out) in ggml's 8-lane vec_dot order, from 4-bit or byte codes, token by token."""
     nb = U(n_in // 32)
     n4 = U(n_in // 4)
     uin = U(n_in)
     uout = U(n_out)
     n_groups = (n_out + ROWS - 1) // ROWS
-    per = (n_groups + n_chunks - 1) // n_chunks
     step_bytes = U(64 if nibbles else 128)  # per 8 weights of 16 rows
     group_bytes = U(n_in // 8) * step_bytes
-    for c in prange(n_chunks):
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
         tmp = np.empty(ROWS, np.float32)
-        for g in range(U(c * per), U(min(n_groups, (c + 1) * per))):
-            wg = g * group_bytes
-            dg = g * nb * U(ROWS)
-            row0 = g * U(ROWS)
-            n_valid = min(U(ROWS), uout - row0)
-            for t in range(U(n_tok)):
-                acc0 = v.zeros_f32()
-                acc1 = v.zeros_f32()
-                acc2 = v.zeros_f32()
-                acc3 = v.zeros_f32()
-                acc4 = v.zeros_f32()
-                acc5 = v.zeros_f32()
-                acc6 = v.zeros_f32()
-                acc7 = v.zeros_f32()
-                mins = v.zeros_f32()
-                for b in range(nb):
-                    dsc = v.mul(v.load_f16(d, dg + b * U(ROWS)), v.broadcast_f32(ad[t * nb + b]))
-                    o = wg + b * U(4) * step_bytes
-                    a = t * uin + b * U(32)
-                    si = t * n4 + b * U(8)
-                    acc0, acc1 = _lane_pair(w, o, nibbles, aq, a, sums4, si, dsc, acc0, acc1)
-                    acc2, acc3 = _lane_pair(w, o + step_bytes, nibbles, aq, a + U(8), sums4, si + U(2), dsc, acc2, acc3)
-                    acc4, acc5 = _lane_pair(w, o + U(2) * step_bytes, nibbles, aq, a + U(16), sums4, si + U(4), dsc, acc4, acc5)
-                    acc6, acc7 = _lane_pair(w, o + U(3) * step_bytes, nibbles, aq, a + U(24), sums4, si + U(6), dsc, acc6, acc7)
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                wg = g * group_bytes
+                dg = g * nb * U(ROWS)
+                row0 = g * U(ROWS)
+                n_valid = min(U(ROWS), uout - row0)
+                for t in range(U(n_tok)):
+                    acc0 = v.zeros_f32()
+                    acc1 = v.zeros_f32()
+                    acc2 = v.zeros_f32()
+                    acc3 = v.zeros_f32()
+                    acc4 = v.zeros_f32()
+                    acc5 = v.zeros_f32()
+                    acc6 = v.zeros_f32()
+                    acc7 = v.zeros_f32()
+                    mins = v.zeros_f32()
+                    for b in range(nb):
+                        dsc = v.mul(v.load_f16(d, dg + b * U(ROWS)), v.broadcast_f32(ad[t * nb + b]))
+                        o = wg + b * U(4) * step_bytes
+                        a = t * uin + b * U(32)
+                        si = t * n4 + b * U(8)
+                        acc0, acc1 = _lane_pair(w, o, nibbles, aq, a, sums4, si, dsc, acc0, acc1)
+                        acc2, acc3 = _lane_pair(w, o + step_bytes, nibbles, aq, a + U(8), sums4, si + U(2), dsc, acc2, acc3)
+                        acc4, acc5 = _lane_pair(w, o + U(2) * step_bytes, nibbles, aq, a + U(16), sums4, si + U(4), dsc, acc4, acc5)
+                        acc6, acc7 = _lane_pair(w, o + U(3) * step_bytes, nibbles, aq, a + U(24), sums4, si + U(6), dsc, acc6, acc7)
+                        if has_min:
+                            mins = v.fma(v.load_f16(m, dg + b * U(ROWS)), v.broadcast_f32(as_[t * nb + b]), mins)
+                    total = v.add(v.add(v.add(acc0, acc4), v.add(acc2, acc6)), v.add(v.add(acc1, acc5), v.add(acc3, acc7)))
                     if has_min:
-                        mins = v.fma(v.load_f16(m, dg + b * U(ROWS)), v.broadcast_f32(as_[t * nb + b]), mins)
-                total = v.add(v.add(v.add(acc0, acc4), v.add(acc2, acc6)), v.add(v.add(acc1, acc5), v.add(acc3, acc7)))
-                if has_min:
-                    total = v.add(total, mins)
-                store_group(out, t * uout + row0, n_valid, total, tmp)
+                        total = v.add(total, mins)
+                    store_group(out, t * uout + row0, n_valid, total, tmp)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
 
 
 @njit(cache=True, inline="always")
@@ -199,19 +208,19 @@ def _activations(x, has_min, off):
 
 
 @njit(cache=True, boundscheck=False)
-def _matmul_vec(w, nibbles, off, d, m, has_min, x, n_out, out, n_chunks):
+def _matmul_vec(w, nibbles, off, d, m, has_min, x, n_out, out, n_chunks, n_workers):
     """Quantize the activations x (n_tok, n_in) as llama.cpp does, then run `_mm_vec`: one call from Python."""
     n_tok, n_in = x.shape
     aq, ad, s, sums4, _ = _activations(x, has_min, off)
-    _mm_vec(w, nibbles, d, m, has_min, aq, ad, s, sums4, n_out, n_in, n_tok, out, n_chunks)
+    _mm_vec(w, nibbles, d, m, has_min, aq, ad, s, sums4, n_out, n_in, n_tok, out, n_chunks, n_workers)
 
 
 @njit(cache=True, boundscheck=False)
-def _matmul_repacked(w, off, d, x, n_out, out, n_chunks):
+def _matmul_repacked(w, off, d, x, n_out, out, n_chunks, n_workers):
     """Quantize the activations x (n_tok, n_in) as llama.cpp does, then run `_mm_repacked`."""
     n_tok, n_in = x.shape
     aq, ad, _, _, sums32 = _activations(x, False, off)
-    _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks)
+    _mm_repacked(w, d, aq, ad, sums32, n_out, n_in, n_tok, out, n_chunks, n_workers)
 
 
 class Q32Int8:
@@ -253,7 +262,7 @@ class Q32Int8:
         same arithmetic for every row whatever the batch, so single_rows changes nothing)."""
         out = np.empty((x.shape[0], self.n_out), np.float32)
         _matmul_vec(self.w, self.nibbles, self.off, self.d, self.m, self.has_min, x, self.n_out, out.reshape(-1),
-                    thread_chunks(self.n_groups))
+                    *work_split(self.n_groups))
         return out
 
 
@@ -264,5 +273,5 @@ class Q32Int8Repacked(Q32Int8):
         """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, in llama.cpp's q4_0_8x8 gemv/gemm order
         (the same arithmetic per row in both, so single_rows changes nothing)."""
         out = np.empty((x.shape[0], self.n_out), np.float32)
-        _matmul_repacked(self.w, self.off, self.d, x, self.n_out, out.reshape(-1), thread_chunks(self.n_groups))
+        _matmul_repacked(self.w, self.off, self.d, x, self.n_out, out.reshape(-1), *work_split(self.n_groups))
         return out
