@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numba
 import pytest
 
 from model_files import smollm2_path
@@ -40,10 +41,36 @@ def test_table_names_the_tests_and_skips_a_zero_length():
     assert "| pp8 |" in r.stdout and "tg" not in r.stdout.split("| test |")[1]
 
 
+def test_thread_list_measures_each_count_and_its_scaling():
+    r = _bench("-p", "8", "-n", "2", "-r", "1", "-t", "1,2", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["threads"] == [1, 2] and [run["threads"] for run in report["by_threads"]] == [1, 2]
+    assert all(run["prompt_tokens_per_s"] > 0 and run["gen_tokens_per_s"] > 0 for run in report["by_threads"])
+    table = _bench("-p", "8", "-n", "0", "-r", "1", "-t", "2,1")
+    assert table.returncode == 0, table.stderr
+    rows = [line.split("|") for line in table.stdout.splitlines() if "| pp8 |" in line]
+    assert [row[3].strip() for row in rows] == ["2", "1"] and "vs 2 |" in table.stdout
+    assert rows[0][7].strip() == "1.00x" and rows[1][7].strip().endswith("x")
+
+
+def test_threads_sweep_goes_up_to_the_cores():
+    from camelid.cli.bench import thread_counts
+    from camelid.threads import physical_cores
+
+    counts = thread_counts(None, True)
+    assert counts[0] == 1 and counts[-1] == min(physical_cores(), numba.config.NUMBA_NUM_THREADS)
+    assert counts == sorted(set(counts)) and all(c == counts[-1] or c & (c - 1) == 0 for c in counts)
+
+
 @pytest.mark.parametrize("args, message", [
     (["-r", "0"], "repetitions"),
     (["-p", "-5"], "prompt length"),
     (["-t", "0"], "threads"),
+    (["-t", "1,x"], "comma-separated"),
+    (["-t", "1,1"], "twice"),
+    (["-t", "100000"], "at most"),
+    (["-t", "1", "--threads-sweep"], "not both"),
     (["-p", "100000"], "trained for"),
     (["-np", "0"], "parallel"),
 ])
