@@ -9,8 +9,8 @@ from numba import njit, prange
 
 from camelid.cpu.work_queue import chunk_groups, fetch_add, new_queue, next_chunk, work_split
 from camelid.quant import QTensor
-from camelid.quant.types import BLOCK_TYPES
 from camelid.threads import set_threads
+from test_kernels import random_weights
 
 
 @njit(parallel=True)
@@ -93,15 +93,7 @@ def test_products_do_not_depend_on_the_thread_count(two_threads, ggml_type):
     t = GGMLQuantizationType[ggml_type]
     rng = np.random.default_rng(7)
     n_out, n_in = 16 * 37 + 5, 512  # row groups that split unevenly, and a partial last group
-    if t == GGMLQuantizationType.F16:
-        raw = rng.standard_normal((n_out, n_in)).astype(np.float16).view(np.uint8)
-    else:  # random codes, with float16 scales of a sensible size
-        bt = BLOCK_TYPES[t]
-        raw = rng.integers(0, 256, size=(n_out, n_in // bt.block_size * bt.type_size), dtype=np.uint8)
-        records = raw.reshape(-1).view(bt.dtype)
-        for name in records.dtype.names:
-            if records.dtype.fields[name][0] == np.dtype("<f2"):
-                records[name] = (rng.standard_normal(len(records)) * 0.05).astype(np.float16)
+    raw = random_weights(t, n_out, n_in, rng)
     matrix = QTensor("blk.0.ffn_up.weight", t, (n_out, n_in), raw)
     for n_tok in (1, 9):
         x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
