@@ -181,6 +181,31 @@ def test_q4_0_matches_ggml_repacked_and_plain(ggml, kernel_path, n_tok):
     check(ggml, T.Q4_0, 44, 512, n_tok, "blk.0.ffn_up.weight", False, 300 + n_tok)
 
 
+@pytest.mark.parametrize("n_tok", [16, 37])
+def test_q4_0_prompt_batches_match_ggml(ggml, kernel_path, n_tok):
+    # from 16 tokens a repacked Q4_0 product runs on AMX tiles where the CPU has them (q32_int8.py)
+    check(ggml, T.Q4_0, 72, 512, n_tok, "blk.0.ffn_up.weight", True, 500 + n_tok)
+    check(ggml, T.Q4_0, 40, 96, n_tok, "blk.0.ffn_up.weight", True, 600 + n_tok)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_amx_products_equal_the_vnni_kernels(seed):
+    # random shapes: partial token tiles (16 tokens each), partial 16-row groups, odd block counts
+    from camelid.cpu import amx
+    from camelid.quant.kernels.q32_int8 import MIN_TOKENS, Q32AmxRepacked
+    from camelid.quant.kernels.q32_int8 import Q32Int8Repacked
+
+    if amx.kernel_path() != "amx":
+        pytest.skip(f"not run: camelid runs the {amx.kernel_path()} kernels here, without AMX tiles")
+    rng = np.random.default_rng(700 + seed)
+    n_out, n_in, n_tok = 8 * int(rng.integers(1, 13)), 32 * int(rng.integers(1, 40)), int(rng.integers(MIN_TOKENS, 70))
+    raw = random_weights(T.Q4_0, n_out, n_in, rng)
+    x = activations(n_tok, n_in, rng)
+    tiles = Q32AmxRepacked(raw, T.Q4_0, n_out, n_in).matmul(x)
+    vnni = Q32Int8Repacked(raw, T.Q4_0, n_out, n_in).matmul(x)
+    assert np.array_equal(bits(tiles), bits(vnni)), f"{n_out} x {n_in}, {n_tok} tokens"
+
+
 @pytest.mark.parametrize("n_tok", [1, 6])
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0], ids=lambda t: t.name)
 def test_block32_small_and_ragged_shapes_match_ggml(ggml, kernel_path, t, n_tok):

@@ -17,7 +17,8 @@ The float32 and int32 operations are plain LLVM vector operations, which compile
   not Q8_0's shifted codes (`BYTE_PRODUCTS_EXACT` is False), which take `dot_signed_bytes` instead;
 - None: no usable instructions; the kernels of this module must not run.
 The environment variable CAMELID_SIMD (vnni, avx512bw, avx2 or none) overrides the choice, for
-tests (camelid.compile_cache keys Numba's cache on it).
+tests (camelid.compile_cache keys Numba's cache on it); CAMELID_SIMD=amx means VNNI plus AMX tiles
+for prompt-sized products where the CPU has them (camelid.cpu.amx), which is also the default there.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _NEEDS = {
 def _int8_dot() -> str | None:
     forced = os.environ.get("CAMELID_SIMD", "").lower()
     if forced:
+        forced = "vnni" if forced == "amx" else forced
         return forced if forced in _NEEDS else None
     features = llvm_binding.get_host_cpu_features()
     for name, needs in _NEEDS.items():
@@ -132,6 +134,27 @@ def load_bytes(typingctx, array, offset):
 
 
 @intrinsic
+def load_i32(typingctx, array, offset):
+    """16 int32 values of an int32 array from element `offset`."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
+        return builder.load(ptr, align=4)
+
+    return I32x16(array, offset), codegen
+
+
+@intrinsic
+def store_bytes(typingctx, array, offset, v):
+    """Write the 64 bytes of an I32x16 to a uint8/int8 array from element `offset`."""
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+
+    return types.none(array, offset, I32x16), codegen
+
+
+@intrinsic
 def broadcast_bytes4(typingctx, array, offset):
     """Bytes offset..offset+3 of a uint8/int8 array, repeated in all 16 lanes."""
     def codegen(context, builder, sig, args):
@@ -178,6 +201,16 @@ mul_i32 = _binary("mul", I32x16)
 mul_i32.__doc__ = "Lane-wise int32 a * b (the low 32 bits)."
 sub_i32 = _binary("sub", I32x16)
 sub_i32.__doc__ = "Lane-wise int32 a - b."
+
+
+@intrinsic
+def sub_bytes(typingctx, a, b):
+    """Byte-wise a - b (wrapping), of the 64 bytes of two I32x16."""
+    def codegen(context, builder, sig, args):
+        difference = builder.sub(builder.bitcast(args[0], _V_I8), builder.bitcast(args[1], _V_I8))
+        return builder.bitcast(difference, _V_I32)
+
+    return I32x16(I32x16, I32x16), codegen
 
 
 @intrinsic

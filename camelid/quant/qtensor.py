@@ -51,7 +51,7 @@ class RawTensor(Protocol):
 # (VEC, REPACKED, TILED, GEMV, GEMM, tinyBLAS) are described in camelid/quant/kernels/__init__.py.
 
 PLAIN, REPACKED = "plain", "repacked"  # a matrix's layout in llama.cpp (`llama_cpp_layout`)
-ANY_CPU, INT8_DOT = "any", "int8 dot"  # what a row needs of the CPU (`cpu_runs`)
+ANY_CPU, INT8_DOT, AMX_TILES = "any", "int8 dot", "amx tiles"  # what a row needs of the CPU (`cpu_runs`)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class KernelRow:
 
     types: tuple[GGMLQuantizationType, ...]
     layout: str  # PLAIN or REPACKED
-    cpu: str  # ANY_CPU or INT8_DOT (simd.INT8_DOT: VNNI, AVX-512BW or AVX2)
+    cpu: str  # ANY_CPU, INT8_DOT (simd.INT8_DOT: VNNI, AVX-512BW or AVX2) or AMX_TILES (VNNI and amx.AMX_INT8)
     kernel: str  # "module.Class" in camelid/quant/kernels/: Class(raw, type, n_out, n_in).matmul(x)
 
 
@@ -68,6 +68,8 @@ _Q32 = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
 _KQ = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 KERNEL_TABLE: tuple[KernelRow, ...] = (
+    # the same gemm order with AMX tiles for the block sums of 16 tokens or more, VNNI below
+    KernelRow((T.Q4_0,), REPACKED, AMX_TILES, "q32_int8.Q32AmxRepacked"),
     # ggml_gemv/gemm_q4_0_8x8_q8_0 (repacked Q4_0): one fma per block and output; int8 dot products
     KernelRow((T.Q4_0,), REPACKED, INT8_DOT, "q32_int8.Q32Int8Repacked"),
     # ggml_vec_dot_q*_q8_* and tinyBLAS_Q0 (the same arithmetic per output): 8 lanes, hsum_float_8
@@ -105,8 +107,10 @@ def cpu_runs(need: str) -> bool:
     """Whether this CPU has what a KERNEL_TABLE row needs (read from camelid.cpu.simd at each call)."""
     if need == ANY_CPU:
         return True
-    from camelid.cpu import simd
+    from camelid.cpu import amx, simd
 
+    if need == AMX_TILES:
+        return amx.kernel_path() == "amx"
     return simd.INT8_DOT is not None
 
 

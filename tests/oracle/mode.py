@@ -2,7 +2,8 @@
 
 One capability check, `mode()`, decides for the whole run:
 
-- **Exact** where camelid runs its AVX-512 VNNI kernels (`simd.INT8_DOT == "vnni"`) and the oracle
+- **Exact** where camelid runs its AVX-512 VNNI kernels (with or without AMX tiles for prompts:
+  `amx.kernel_path()` "vnni" or "amx", the same sums bit for bit) and the oracle
   was built with the AVX-512 VNNI flag set (tests/oracle/install.py). camelid reproduces that build's
   arithmetic operation by operation (int8 activation blocks, each dot product's SIMD lane order,
   glibc's cosf/sinf in RoPE, ggml's exp in softmax and SiLU, the float16 KV cache), so every kernel
@@ -49,7 +50,7 @@ TINY_LOGIT_TOLERANCE = 0.15
 @dataclass(frozen=True)
 class Mode:
     exact: bool
-    camelid_simd: str  # simd.INT8_DOT of this process, "none" for the float32 kernels
+    camelid_simd: str  # amx.kernel_path() of this process: "amx", "vnni", ..., "none" for the float32 kernels
     oracle_build: str  # the oracle's flag set, as tests/oracle/install.py names it, or "not installed"
 
     def describe(self) -> str:
@@ -77,16 +78,16 @@ def mode() -> Mode:
     """The mode of this run (asks the oracle's worker what its ggml was built for)."""
     import importlib.util
 
-    from camelid.cpu import simd
+    from camelid.cpu import amx
 
-    camelid_simd = simd.INT8_DOT or "none"
+    camelid_simd = amx.kernel_path()
     if importlib.util.find_spec("llama_cpp") is None:
         return Mode(False, camelid_simd, "not installed")
     import oracle
 
     build = oracle.call("ggml.build")
     name = build_name(build)
-    exact = camelid_simd == "vnni" and name.startswith("avx512-vnni") and not build.get("amx_int8")
+    exact = camelid_simd in ("vnni", "amx") and name.startswith("avx512-vnni") and not build.get("amx_int8")
     return Mode(exact, camelid_simd, name)
 
 
