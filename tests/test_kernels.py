@@ -182,28 +182,31 @@ def test_q4_0_matches_ggml_repacked_and_plain(ggml, kernel_path, n_tok):
 
 
 @pytest.mark.parametrize("n_tok", [16, 37])
-def test_q4_0_prompt_batches_match_ggml(ggml, kernel_path, n_tok):
-    # from 16 tokens a repacked Q4_0 product runs on AMX tiles where the CPU has them (q32_int8.py)
+def test_repacked_prompt_batches_match_ggml(ggml, kernel_path, n_tok):
+    # from 16 tokens repacked Q4_0 and Q4_K products run on AMX tiles where the CPU has them
     check(ggml, T.Q4_0, 72, 512, n_tok, "blk.0.ffn_up.weight", True, 500 + n_tok)
     check(ggml, T.Q4_0, 40, 96, n_tok, "blk.0.ffn_up.weight", True, 600 + n_tok)
+    check(ggml, T.Q4_K, 72, 768, n_tok, "blk.0.ffn_up.weight", True, 700 + n_tok)
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_amx_products_equal_the_vnni_kernels(seed):
-    # random shapes: partial token tiles (16 tokens each), partial 16-row groups, odd block counts
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("seed", range(6))
+def test_amx_products_equal_the_vnni_kernels(t, seed):
+    # random shapes: partial token tiles (16 tokens each), partial 16-row groups, odd block counts,
+    # and for Q4_K the 1-3 tokens past the gemm's groups of 4
     from camelid.cpu import amx
-    from camelid.quant.kernels.q32_int8 import MIN_TOKENS, Q32AmxRepacked
-    from camelid.quant.kernels.q32_int8 import Q32Int8Repacked
+    from camelid.quant.kernels import kq_int8, q32_int8
 
     if amx.kernel_path() != "amx":
         pytest.skip(f"not run: camelid runs the {amx.kernel_path()} kernels here, without AMX tiles")
-    rng = np.random.default_rng(700 + seed)
-    n_out, n_in, n_tok = 8 * int(rng.integers(1, 13)), 32 * int(rng.integers(1, 40)), int(rng.integers(MIN_TOKENS, 70))
-    raw = random_weights(T.Q4_0, n_out, n_in, rng)
+    tiles, vnni, block = {T.Q4_0: (q32_int8.Q32AmxRepacked, q32_int8.Q32Int8Repacked, 32),
+                          T.Q4_K: (kq_int8.KQuantAmxRepacked, kq_int8.KQuantInt8Repacked, 256)}[t]
+    rng = np.random.default_rng(700 + 10 * int(t) + seed)
+    n_out, n_in, n_tok = 8 * int(rng.integers(1, 13)), block * int(rng.integers(1, 1280 // block)), int(rng.integers(16, 70))
+    raw = random_weights(t, n_out, n_in, rng)
     x = activations(n_tok, n_in, rng)
-    tiles = Q32AmxRepacked(raw, T.Q4_0, n_out, n_in).matmul(x)
-    vnni = Q32Int8Repacked(raw, T.Q4_0, n_out, n_in).matmul(x)
-    assert np.array_equal(bits(tiles), bits(vnni)), f"{n_out} x {n_in}, {n_tok} tokens"
+    y = tiles(raw, t, n_out, n_in).matmul(x)
+    assert np.array_equal(bits(y), bits(vnni(raw, t, n_out, n_in).matmul(x))), f"{n_out} x {n_in}, {n_tok} tokens"
 
 
 @pytest.mark.parametrize("n_tok", [1, 6])

@@ -78,6 +78,8 @@ KERNEL_TABLE: tuple[KernelRow, ...] = (
     # the same two paths with float32 arithmetic on exact integers, on any CPU
     KernelRow((T.Q4_0,), REPACKED, ANY_CPU, "q32_float.Q32FloatRepacked"),
     KernelRow(_Q32, PLAIN, ANY_CPU, "q32_float.Q32Float"),
+    # the same gemm order with AMX tiles for the sub-blocks' sums of 16 gemm tokens or more, VNNI below
+    KernelRow((T.Q4_K,), REPACKED, AMX_TILES, "kq_int8.KQuantAmxRepacked"),
     # ggml_gemm_q4_K_8x8_q8_K for the tokens in groups of 4, ggml_gemv_q4_K_8x8_q8_K for the rest
     # (repacked Q4_K); int8 dot products
     KernelRow((T.Q4_K,), REPACKED, INT8_DOT, "kq_int8.KQuantInt8Repacked"),

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from camelid.cpu.ggml_math import round_f16
+from camelid.cpu.simd import aligned_empty
 
 QK8 = 32  # values per Q8_0 / Q8_1 block
 QK_K = 256  # values per Q8_K block
@@ -90,13 +91,16 @@ def quantize_q8_K(x, q, d, sums16):
             d[t * nb + b] = np.float32(1.0) / iscale
 
 
-def q8_K_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x (n_tok, n_in) -> Q8_K codes (n_tok * n_in) int8, scales (n_tok * n_in/256) float32, and the
-    codes' sums by 16 (n_tok * n_in/16) int32."""
+def q8_K_activations(x: np.ndarray, n_rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (n_tok, n_in) -> Q8_K codes (n_rows * n_in) int8, scales (n_rows * n_in/256) float32, and the
+    codes' sums by 16 (n_rows * n_in/16) int32, where rows past n_tok (up to n_rows, for whole AMX
+    tiles) are zeros; the codes start on a 64-byte line."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_tok, n_in = x.shape
-    q = np.empty(n_tok * n_in, np.int8)
-    d = np.empty(n_tok * (n_in // QK_K), np.float32)
-    sums16 = np.empty(n_tok * (n_in // 16), np.int32)
-    quantize_q8_K(x, q, d, sums16)
+    n_rows = max(n_rows, n_tok)
+    q = aligned_empty(n_rows * n_in, np.int8)
+    q[n_tok * n_in:] = 0
+    d = np.zeros(n_rows * (n_in // QK_K), np.float32)
+    sums16 = np.zeros(n_rows * (n_in // 16), np.int32)
+    quantize_q8_K(x, q[:n_tok * n_in], d[:n_tok * (n_in // QK_K)], sums16[:n_tok * (n_in // 16)])
     return q, d, sums16

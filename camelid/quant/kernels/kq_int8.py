@@ -24,12 +24,14 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
+from camelid.cpu import amx
 from camelid.cpu import simd as v
 from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import q8_K_activations
-from camelid.quant.kernels.layout import (K_KIND, KIND_Q4_K, KIND_Q5_K, KIND_Q6_K, NIBBLE_TYPES, QK, ROWS,
-                                          interleave_rows, pack_nibble_steps, step_codes, steps_interleaved,
-                                          store_group, unpack_k)
+from camelid.quant.kernels.layout import (C_TILE, K_KIND, KIND_Q4_K, KIND_Q5_K, KIND_Q6_K, NIBBLE_TYPES, QK, ROWS,
+                                          TILE_CONFIG, TILE_TOKENS, interleave_rows, next_tiles, nibble_tiles,
+                                          pack_nibble_steps, start_tiles, step_codes, steps_interleaved, store_group,
+                                          unpack_k)
 from camelid.quant.types import BLOCK_TYPES, k_scales_mins
 
 T = GGMLQuantizationType
@@ -393,4 +395,101 @@ class KQuantInt8Repacked(KQuantInt8):
         n_gemm = 0 if single_rows else n_tok - n_tok % 4
         _mm_repacked(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_tok, n_gemm,
                      out.reshape(-1), *work_split(self.n_groups))
+        return out
+
+
+# ---------------------------------------------------------------------------- AMX tiles
+
+MIN_TOKENS = 16  # fewer gemm tokens go to the VNNI kernel (unpacking the weights costs more than it saves)
+
+
+@njit(cache=True, inline="always")
+def _add_pair(sums, d, dmin, sc, mn, ob, j, ad, sums16, t0, n_sb, b, acc, acc_min):
+    """The gemm order's float step for sub-blocks j, j + 1 of super-block b (their dot products for
+    16 tokens x 16 rows in sums, two C tiles): acc += f32(sc_j dot_j + sc_j+1 dot_j+1) * (d_w * d_a),
+    acc_min += f32(mn_j asum_j + mn_j+1 asum_j+1) * (dmin_w * d_a), per token."""
+    dw = v.load_f16(d, ob)
+    dmw = v.load_f16(dmin, ob)
+    osm = ob * U(8) + j * U(ROWS)
+    sc0 = v.load_u8_as_i32(sc, osm)
+    sc1 = v.load_u8_as_i32(sc, osm + U(ROWS))
+    mn0 = v.load_u8_as_i32(mn, osm)
+    mn1 = v.load_u8_as_i32(mn, osm + U(ROWS))
+    for t in range(U(TILE_TOKENS)):
+        o = t * U(ROWS)
+        si = ((t0 + t) * n_sb + b) * U(8) + j
+        s = v.add_i32(v.mul_i32(v.load_i32(sums, o), sc0), v.mul_i32(v.load_i32(sums, U(C_TILE) + o), sc1))
+        m = v.add_i32(v.mul_i32(mn0, v.broadcast_i32(_sum32(sums16, si))), v.mul_i32(mn1, v.broadcast_i32(_sum32(sums16, si + U(1)))))
+        da = v.broadcast_f32(ad[(t0 + t) * n_sb + b])
+        v.store_f32(acc, o, v.fma(v.to_f32(s), v.mul(dw, da), v.load_f32(acc, o)))
+        v.store_f32(acc_min, o, v.fma(v.to_f32(m), v.mul(dmw, da), v.load_f32(acc_min, o)))
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _mm_tiles(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chunks, n_workers, config):
+    """out (n_tok * n_out) in the repacked-Q4_K gemm order, with the sub-blocks' integer dot products
+    from AMX tiles (layout.py). aq, ad, sums16 as `_mm_repacked`'s, padded with zeros to whole tiles
+    of 16 tokens."""
+    n_sb = U(n_in // QK)
+    n_pairs = U(n_in // 64)  # pairs of 32-weight sub-blocks
+    uin = U(n_in)
+    uout = U(n_out)
+    n_groups = (n_out + ROWS - 1) // ROWS
+    group_bytes = U(n_in // 2 * ROWS)
+    n_pad = U((n_tok + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS)
+    queue = new_queue(n_workers)
+    for worker in prange(n_workers):
+        codes = amx.aligned_empty(n_in * ROWS, np.int8)  # (n_sub_blocks, 8, 16, 4): one B tile per sub-block
+        sums = amx.aligned_empty(2 * C_TILE, np.int32)  # a pair's C tiles, (2, 16 tokens, 16 rows)
+        acc = amx.aligned_empty(C_TILE, np.float32)  # (16 tokens, 16 rows)
+        acc_min = amx.aligned_empty(C_TILE, np.float32)
+        tmp = np.empty(ROWS, np.float32)
+        amx.configure(config)
+        c = next_chunk(queue, worker, n_chunks, n_workers)
+        while c < n_chunks:
+            g0, g1 = chunk_groups(c, n_chunks, n_groups)
+            for g in range(U(g0), U(g1)):
+                nibble_tiles(w, g * group_bytes, U(n_in // 32), 0, codes)
+                row0 = g * U(ROWS)
+                n_valid = min(U(ROWS), uout - row0)
+                for t0 in range(U(0), n_pad, U(TILE_TOKENS)):
+                    acc[:] = 0.0
+                    acc_min[:] = 0.0
+                    a_at = t0 * uin
+                    start_tiles(aq, a_at, uin, codes)
+                    for p in range(n_pairs):
+                        next_tiles(aq, a_at, uin, codes, p, n_pairs, sums)
+                        b = p // U(4)
+                        _add_pair(sums, d, dmin, sc, mn, (g * n_sb + b) * U(ROWS), U(2) * (p % U(4)), ad, sums16, t0, n_sb, b,
+                                  acc, acc_min)
+                    for t in range(U(0), min(U(TILE_TOKENS), U(n_tok) - t0)):
+                        o = t * U(ROWS)
+                        store_group(out, (t0 + t) * uout + row0, n_valid, v.sub(v.load_f32(acc, o), v.load_f32(acc_min, o)), tmp)
+            c = next_chunk(queue, worker, n_chunks, n_workers)
+        amx.release()
+
+
+class KQuantAmxRepacked(KQuantInt8Repacked):
+    """A repacked Q4_K matrix (KQuantInt8Repacked's layout) whose gemm tokens, when there are
+    MIN_TOKENS or more, run on AMX tiles: the integer dot product of each 32-weight sub-block for 16
+    tokens x 16 rows at once, the scales, mins and float steps as `_mm_repacked`'s gemm."""
+
+    def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
+        """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm (the tokens
+        in whole groups of 4) and gemv (the rest, or every row when single_rows)."""
+        n_tok = x.shape[0]
+        n_gemm = n_tok - n_tok % 4
+        if single_rows or n_gemm < MIN_TOKENS:
+            return super().matmul(x, single_rows)
+        n_pad = (n_gemm + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS
+        q, d, sums16 = q8_K_activations(x, max(n_pad, n_tok))
+        out = np.empty((n_tok, self.n_out), np.float32)
+        n_chunks, n_workers = work_split(self.n_groups)
+        _mm_tiles(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_gemm, out.reshape(-1),
+                  n_chunks, n_workers, TILE_CONFIG)
+        if n_gemm < n_tok:  # the last 1-3 tokens in the gemv order
+            n_sb, n_in = self.n_in // QK, self.n_in
+            _mm_repacked(self.w, self.d, self.dmin, self.sc, self.mn, q[n_gemm * n_in:n_tok * n_in], d[n_gemm * n_sb:n_tok * n_sb],
+                         sums16[n_gemm * n_in // 16:n_tok * n_in // 16], self.n_out, n_in, n_tok - n_gemm, 0,
+                         out[n_gemm:].reshape(-1), n_chunks, n_workers)
         return out

@@ -13,6 +13,10 @@ loop reads contiguous memory:
   the low nibble, 8s+4+j in the high nibble of byte 4r+j, (n_groups, n_in/8, 16, 4) uint8, the
   file's size. `step_codes` reads a step, `store_group` writes a group's 16 outputs.
 
+- AMX tiles (q32_int8.py, kq_int8.py, on CPUs with AMX): a group's 4-bit codes unpacked to bytes,
+  one B tile of 8 rows x 64 bytes per 32 weights, and the tile products of two such blocks at a time
+  (`start_tiles`, `next_tiles`), 16 tokens per A tile.
+
 Rows are padded with zeros to whole groups. Index arithmetic in the hot loops is uint64: with signed
 indices Numba emits a negative-index wraparound that stops LLVM from vectorizing.
 
@@ -32,6 +36,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
 
+from camelid.cpu import amx
 from camelid.cpu import simd as v
 from camelid.quant.types import QK_K, k_scales_mins
 
@@ -218,3 +223,84 @@ def store_group(out, at, n_valid, acc, tmp):
         v.store_f32(tmp, 0, acc)
         for r in range(n_valid):
             out[at + r] = tmp[r]
+
+
+# ---------------------------------------------------------------------------- AMX tiles of the int8 layout
+# Tiles 0, 1 hold A (16 tokens x 32 activation codes, n_in apart) and 2, 3 B (a block's 8 rows of 64
+# bytes) of a pair's even and odd block; C (16 tokens x 16 rows int32) goes to 4, 5 and 6, 7 for
+# alternate pairs, so that one pair's products run while the last pair's become floats. A tile
+# store costs about what a product does, and three times that when not 64-byte aligned.
+
+TILE_TOKENS = 16  # tokens per A tile
+TILE_BLOCK = 32  # weights per block product (K)
+BLOCK_BYTES = 8 * 64  # one block's B tile: 8 rows of 64 bytes
+C_TILE = TILE_TOKENS * ROWS  # int32 sums per C tile, (16 tokens, 16 rows)
+TILE_CONFIG = amx.tile_config({0: (16, 32), 1: (16, 32), 2: (8, 64), 3: (8, 64), 4: (16, 64), 5: (16, 64), 6: (16, 64), 7: (16, 64)})
+
+
+@njit(cache=True, inline="always")
+def nibble_tiles(w, wg, n_blocks, offset, codes):
+    """A group's 4-bit codes (nibble steps from byte wg of w), less `offset`, as one B tile per 32
+    weights: row 2k the low nibbles of the block's step k, row 2k+1 its high nibbles, (n_blocks, 8,
+    16, 4) int8."""
+    offsets = v.broadcast_i32(offset * 0x01010101)
+    for s in range(n_blocks * U(4)):
+        packed = v.load_bytes(w, wg + s * U(64))
+        v.store_bytes(codes, s * U(128), v.sub_bytes(v.low_nibbles(packed), offsets))
+        v.store_bytes(codes, s * U(128) + U(64), v.sub_bytes(v.high_nibbles(packed), offsets))
+
+
+def _tile_pair(c_even: int, c_odd: int):
+    """(start, store) of the products of blocks b, b+1 in C tiles c_even, c_odd."""
+    @njit(inline="always")
+    def start(aq, a_at, uin, codes, b):
+        amx.zero(c_even)
+        amx.load(0, aq, a_at + b * U(TILE_BLOCK), uin)
+        amx.load(2, codes, b * U(BLOCK_BYTES), 64)
+        amx.dot(c_even, 0, 2)
+        amx.zero(c_odd)
+        amx.load(1, aq, a_at + (b + U(1)) * U(TILE_BLOCK), uin)
+        amx.load(3, codes, (b + U(1)) * U(BLOCK_BYTES), 64)
+        amx.dot(c_odd, 1, 3)
+
+    @njit(inline="always")
+    def store(sums):
+        amx.store(c_even, sums, 0, 64)
+        amx.store(c_odd, sums, C_TILE, 64)
+
+    return start, store
+
+
+_start_a, _store_a = _tile_pair(4, 5)
+_start_b, _store_b = _tile_pair(6, 7)
+
+
+@njit(cache=True, inline="always")
+def start_tiles(aq, a_at, uin, codes):
+    """Start the products of blocks 0 and 1: the 16 tokens' activation codes from aq[a_at:] (rows uin
+    bytes apart) times B tiles `codes`."""
+    _start_a(aq, a_at, uin, codes, U(0))
+
+
+@njit(cache=True, inline="always")
+def next_tiles(aq, a_at, uin, codes, p, n_pairs, sums):
+    """Start the products of pair p + 1 (blocks 2p + 2, 2p + 3) if there is one, then store pair p's:
+    sums[:C_TILE] block 2p, sums[C_TILE:2 * C_TILE] block 2p + 1, each (16 tokens, 16 rows) int32."""
+    if p % U(2) == U(0):
+        if p + U(1) < n_pairs:
+            _start_b(aq, a_at, uin, codes, U(2) * (p + U(1)))
+        _store_a(sums)
+    else:
+        if p + U(1) < n_pairs:
+            _start_a(aq, a_at, uin, codes, U(2) * (p + U(1)))
+        _store_b(sums)
+
+
+@njit(cache=True, inline="always")
+def single_tile(aq, a_at, uin, codes, b, sums):
+    """Block b's product alone (an odd last block), stored to sums[:C_TILE]."""
+    amx.zero(4)
+    amx.load(0, aq, a_at + b * U(TILE_BLOCK), uin)
+    amx.load(2, codes, b * U(BLOCK_BYTES), 64)
+    amx.dot(4, 0, 2)
+    amx.store(4, sums, 0, 64)

@@ -30,12 +30,11 @@ AMX (`Q32AmxRepacked`, camelid.cpu.amx): the REPACKED order for 16 tokens or mor
 - for each 16 tokens, two blocks at a time: A = the tokens' 32 activation codes of the block (16 rows
   of 32 bytes, n_in apart), C = A times B (16 tokens x 16 rows int32), stored to memory and turned
   into floats token by token (a row of C is one token's 16 outputs, one lane per row, as in
-  `_mm_repacked`, whose float steps it repeats).
-Tiles 0, 1 hold A and 2, 3 B of a pair's even and odd block; C goes to 4, 5 and 6, 7 for alternate
-pairs, so that one pair's products run while the last pair's become floats. The activations are
-padded with zero codes to whole tiles of 16 tokens, whose outputs are not written. Storing a C tile
-(1 KB) costs as much as a product and bounds the speed: 1.9x `_mm_repacked` on one core at 512
-tokens, where a store to a buffer that is not 64-byte aligned ran at a third of that.
+  `_mm_repacked`, whose float steps it repeats); the next pair's products run meanwhile
+  (layout.py's tile helpers).
+The activations are padded with zero codes to whole tiles of 16 tokens, whose outputs are not
+written. Storing a C tile (1 KB) costs about what a product does and bounds the speed: 1.9x
+`_mm_repacked` on one core at 512 tokens.
 """
 
 from __future__ import annotations
@@ -49,7 +48,8 @@ from camelid.cpu import amx
 from camelid.cpu import simd as v
 from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import quantize_q8_0_or_1
-from camelid.quant.kernels.layout import (NIBBLE_TYPES, ROWS, codes_q32, interleave_rows, pack_nibble_steps, step_codes,
+from camelid.quant.kernels.layout import (C_TILE, NIBBLE_TYPES, ROWS, TILE_CONFIG, TILE_TOKENS, codes_q32, interleave_rows,
+                                          next_tiles, nibble_tiles, pack_nibble_steps, single_tile, start_tiles, step_codes,
                                           steps_interleaved, store_group)
 from camelid.quant.types import BLOCK_TYPES
 
@@ -296,19 +296,7 @@ class Q32Int8Repacked(Q32Int8):
 
 # ---------------------------------------------------------------------------- AMX tiles
 
-TILE_TOKENS = 16  # tokens per A tile
-BLOCK_BYTES = 8 * 64  # one block's B tile: 8 rows of 64 bytes
 MIN_TOKENS = 16  # fewer tokens go to the VNNI kernel (unpacking the weights costs more than it saves)
-
-
-@njit(cache=True, inline="always")
-def _signed_block_codes(w, wg, nb, codes):
-    """A group's 4-bit codes (nibble steps from byte wg of w) as B tiles of signed codes (code - 8)."""
-    eights = v.broadcast_i32(0x08080808)
-    for s in range(nb * U(4)):
-        packed = v.load_bytes(w, wg + s * U(64))
-        v.store_bytes(codes, s * U(128), v.sub_bytes(v.low_nibbles(packed), eights))
-        v.store_bytes(codes, s * U(128) + U(64), v.sub_bytes(v.high_nibbles(packed), eights))
 
 
 @njit(cache=True, inline="always")
@@ -316,37 +304,8 @@ def _add_block(sums, at, d, db, ad, t0, nb, b, acc):
     """acc (16 tokens x 16 rows) += f32(block sums) * (d_w * d_a), from C stored at sums[at:]."""
     dw = v.load_f16(d, db)
     for t in range(U(TILE_TOKENS)):
-        s = v.to_f32(v.load_i32(sums, at + t * U(16)))
-        v.store_f32(acc, t * U(16), v.fma(s, v.mul(dw, v.broadcast_f32(ad[(t0 + t) * nb + b])), v.load_f32(acc, t * U(16))))
-
-
-def _block_pair(c_even: int, c_odd: int):
-    """(start, finish) of two blocks' products in C tiles c_even and c_odd: `start` issues them,
-    `finish` stores them and adds them to acc. Starting the next pair before finishing this one keeps
-    the tile unit busy while the vector units finish."""
-    @njit(inline="always")
-    def start(aq, a_at, uin, codes, b):
-        amx.zero(c_even)
-        amx.load(0, aq, a_at + b * U(32), uin)
-        amx.load(2, codes, b * U(BLOCK_BYTES), 64)
-        amx.dot(c_even, 0, 2)
-        amx.zero(c_odd)
-        amx.load(1, aq, a_at + (b + U(1)) * U(32), uin)
-        amx.load(3, codes, (b + U(1)) * U(BLOCK_BYTES), 64)
-        amx.dot(c_odd, 1, 3)
-
-    @njit(inline="always")
-    def finish(sums, d, dg, ad, t0, nb, b, acc):
-        amx.store(c_even, sums, 0, 64)
-        _add_block(sums, U(0), d, dg + b * U(ROWS), ad, t0, nb, b, acc)
-        amx.store(c_odd, sums, TILE_TOKENS * ROWS, 64)
-        _add_block(sums, U(TILE_TOKENS * ROWS), d, dg + (b + U(1)) * U(ROWS), ad, t0, nb, b + U(1), acc)
-
-    return start, finish
-
-
-_start_a, _finish_a = _block_pair(4, 5)
-_start_b, _finish_b = _block_pair(6, 7)
+        s = v.to_f32(v.load_i32(sums, at + t * U(ROWS)))
+        v.store_f32(acc, t * U(ROWS), v.fma(s, v.mul(dw, v.broadcast_f32(ad[(t0 + t) * nb + b])), v.load_f32(acc, t * U(ROWS))))
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -363,15 +322,15 @@ def _mm_tiles(w, d, aq, ad, n_out, n_in, n_tok, out, n_chunks, n_workers, config
     queue = new_queue(n_workers)
     for worker in prange(n_workers):
         codes = amx.aligned_empty(n_in * ROWS, np.int8)  # (n_blocks, 8, 16, 4): one B tile per block
-        sums = amx.aligned_empty(2 * TILE_TOKENS * ROWS, np.int32)  # two C tiles, (2, 16 tokens, 16 rows)
-        acc = amx.aligned_empty(TILE_TOKENS * ROWS, np.float32)  # (16 tokens, 16 rows)
+        sums = amx.aligned_empty(2 * C_TILE, np.int32)  # a pair's C tiles, (2, 16 tokens, 16 rows)
+        acc = amx.aligned_empty(C_TILE, np.float32)  # (16 tokens, 16 rows)
         tmp = np.empty(ROWS, np.float32)
         amx.configure(config)
         c = next_chunk(queue, worker, n_chunks, n_workers)
         while c < n_chunks:
             g0, g1 = chunk_groups(c, n_chunks, n_groups)
             for g in range(U(g0), U(g1)):
-                _signed_block_codes(w, g * group_bytes, nb, codes)
+                nibble_tiles(w, g * group_bytes, nb, 8, codes)
                 dg = g * nb * U(ROWS)
                 row0 = g * U(ROWS)
                 n_valid = min(U(ROWS), uout - row0)
@@ -379,31 +338,19 @@ def _mm_tiles(w, d, aq, ad, n_out, n_in, n_tok, out, n_chunks, n_workers, config
                     acc[:] = 0.0
                     a_at = t0 * uin
                     if n_pairs > U(0):
-                        _start_a(aq, a_at, uin, codes, U(0))
-                    for p in range(n_pairs):  # pairs alternate between C tiles 4, 5 and 6, 7
-                        if p % U(2) == U(0):
-                            if p + U(1) < n_pairs:
-                                _start_b(aq, a_at, uin, codes, U(2) * (p + U(1)))
-                            _finish_a(sums, d, dg, ad, t0, nb, U(2) * p, acc)
-                        else:
-                            if p + U(1) < n_pairs:
-                                _start_a(aq, a_at, uin, codes, U(2) * (p + U(1)))
-                            _finish_b(sums, d, dg, ad, t0, nb, U(2) * p, acc)
-                    if nb % U(2):
-                        b = nb - U(1)
-                        amx.zero(4)
-                        amx.load(0, aq, a_at + b * U(32), uin)
-                        amx.load(2, codes, b * U(BLOCK_BYTES), 64)
-                        amx.dot(4, 0, 2)
-                        amx.store(4, sums, 0, 64)
+                        start_tiles(aq, a_at, uin, codes)
+                    for p in range(n_pairs):
+                        next_tiles(aq, a_at, uin, codes, p, n_pairs, sums)
+                        b = U(2) * p
                         _add_block(sums, U(0), d, dg + b * U(ROWS), ad, t0, nb, b, acc)
+                        _add_block(sums, U(C_TILE), d, dg + (b + U(1)) * U(ROWS), ad, t0, nb, b + U(1), acc)
+                    if nb % U(2):
+                        single_tile(aq, a_at, uin, codes, nb - U(1), sums)
+                        _add_block(sums, U(0), d, dg + (nb - U(1)) * U(ROWS), ad, t0, nb, nb - U(1), acc)
                     for t in range(U(0), min(U(TILE_TOKENS), U(n_tok) - t0)):
-                        store_group(out, (t0 + t) * uout + row0, n_valid, v.load_f32(acc, t * U(16)), tmp)
+                        store_group(out, (t0 + t) * uout + row0, n_valid, v.load_f32(acc, t * U(ROWS)), tmp)
             c = next_chunk(queue, worker, n_chunks, n_workers)
         amx.release()
-
-
-_CONFIG = amx.tile_config({0: (16, 32), 1: (16, 32), 2: (8, 64), 3: (8, 64), 4: (16, 64), 5: (16, 64), 6: (16, 64), 7: (16, 64)})
 
 
 @njit(cache=True, boundscheck=False)
@@ -428,5 +375,5 @@ class Q32AmxRepacked(Q32Int8Repacked):
         if x.shape[0] < MIN_TOKENS:
             return super().matmul(x, single_rows)
         out = np.empty((x.shape[0], self.n_out), np.float32)
-        _matmul_tiles(self.w, self.d, x, self.n_out, out.reshape(-1), *work_split(self.n_groups), _CONFIG)
+        _matmul_tiles(self.w, self.d, x, self.n_out, out.reshape(-1), *work_split(self.n_groups), TILE_CONFIG)
         return out
