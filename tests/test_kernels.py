@@ -199,10 +199,11 @@ def test_amx_products_equal_the_vnni_kernels(t, seed):
 
     if amx.kernel_path() != "amx":
         pytest.skip(f"not run: camelid runs the {amx.kernel_path()} kernels here, without AMX tiles")
-    tiles, vnni, block = {T.Q4_0: (q32_int8.Q32AmxRepacked, q32_int8.Q32Int8Repacked, 32),
-                          T.Q4_K: (kq_int8.KQuantAmxRepacked, kq_int8.KQuantInt8Repacked, 256)}[t]
+    family, tiles, vnni, block = {T.Q4_0: (q32_int8, q32_int8.Q32AmxRepacked, q32_int8.Q32Int8Repacked, 32),
+                                  T.Q4_K: (kq_int8, kq_int8.KQuantAmxRepacked, kq_int8.KQuantInt8Repacked, 256)}[t]
     rng = np.random.default_rng(700 + 10 * int(t) + seed)
-    n_out, n_in, n_tok = 8 * int(rng.integers(1, 13)), block * int(rng.integers(1, 1280 // block)), int(rng.integers(16, 70))
+    n_out, n_in = 8 * int(rng.integers(1, 13)), block * int(rng.integers(1, 1280 // block))
+    n_tok = int(rng.integers(family.MIN_TOKENS, family.MIN_TOKENS + 60))
     raw = random_weights(t, n_out, n_in, rng)
     x = activations(n_tok, n_in, rng)
     y = tiles(raw, t, n_out, n_in).matmul(x)

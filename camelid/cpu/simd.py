@@ -201,6 +201,10 @@ mul_i32 = _binary("mul", I32x16)
 mul_i32.__doc__ = "Lane-wise int32 a * b (the low 32 bits)."
 sub_i32 = _binary("sub", I32x16)
 sub_i32.__doc__ = "Lane-wise int32 a - b."
+and_i32 = _binary("and_", I32x16)
+and_i32.__doc__ = "Lane-wise a & b."
+or_i32 = _binary("or_", I32x16)
+or_i32.__doc__ = "Lane-wise a | b."
 
 
 @intrinsic
@@ -209,6 +213,46 @@ def sub_bytes(typingctx, a, b):
     def codegen(context, builder, sig, args):
         difference = builder.sub(builder.bitcast(args[0], _V_I8), builder.bitcast(args[1], _V_I8))
         return builder.bitcast(difference, _V_I32)
+
+    return I32x16(I32x16, I32x16), codegen
+
+
+@intrinsic
+def mul_bytes(typingctx, a, b):
+    """Byte-wise a * b (the low 8 bits), of the 64 bytes of two I32x16."""
+    def codegen(context, builder, sig, args):
+        product = builder.mul(builder.bitcast(args[0], _V_I8), builder.bitcast(args[1], _V_I8))
+        return builder.bitcast(product, _V_I32)
+
+    return I32x16(I32x16, I32x16), codegen
+
+
+def _shift(op: str):
+    """A lane-wise int32 shift by a scalar number of bits: an llvmlite IRBuilder method name."""
+    @intrinsic
+    def shift(typingctx, a, bits):
+        def codegen(context, builder, sig, args):
+            n = context.cast(builder, args[1], sig.args[1], types.int32)
+            return getattr(builder, op)(args[0], _splat(builder, n, _V_I32))
+
+        return I32x16(I32x16, bits), codegen
+
+    return shift
+
+
+shift_left_i32 = _shift("shl")
+shift_left_i32.__doc__ = "Lane-wise int32 a << bits."
+shift_right_i32 = _shift("lshr")
+shift_right_i32.__doc__ = "Lane-wise uint32 a >> bits (zeros shifted in)."
+
+
+@intrinsic
+def dot_i16_pairs(typingctx, a, b):
+    """vpmaddwd (AVX-512BW): lane i = a.lo16 * b.lo16 + a.hi16 * b.hi16 of lane i, int16 halves, exact in int32."""
+    def codegen(context, builder, sig, args):
+        v_i16 = ir.VectorType(_I16, 32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_I32, [v_i16, v_i16]), "llvm.x86.avx512.pmaddw.d.512")
+        return builder.call(fn, [builder.bitcast(args[0], v_i16), builder.bitcast(args[1], v_i16)])
 
     return I32x16(I32x16, I32x16), codegen
 

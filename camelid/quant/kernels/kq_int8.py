@@ -29,9 +29,8 @@ from camelid.cpu import simd as v
 from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import q8_K_activations
 from camelid.quant.kernels.layout import (C_TILE, K_KIND, KIND_Q4_K, KIND_Q5_K, KIND_Q6_K, NIBBLE_TYPES, QK, ROWS,
-                                          TILE_CONFIG, TILE_TOKENS, interleave_rows, next_tiles, nibble_tiles,
-                                          pack_nibble_steps, start_tiles, step_codes, steps_interleaved, store_group,
-                                          unpack_k)
+                                          TILE_TOKENS, a_tiles, interleave_rows, pack_nibble_steps, step_codes, steps_interleaved,
+                                          store_group, unpack_k)
 from camelid.quant.types import BLOCK_TYPES, k_scales_mins
 
 T = GGMLQuantizationType
@@ -399,39 +398,111 @@ class KQuantInt8Repacked(KQuantInt8):
 
 
 # ---------------------------------------------------------------------------- AMX tiles
+# The repacked gemm's integer s = sc_j x dot_j + sc_j+1 x dot_j+1 per 64 weights comes whole from two
+# tile products: with sc = 8 hi + lo (hi, lo in 0..7), B_lo holds code x lo and B_hi code x hi (at
+# most 15 x 7 = 105, int8), so A x B_lo + 8 (A x B_hi) = s, K = 64 per product. The mins' integer
+# mn_j asum_j + mn_j+1 asum_j+1 is one vpmaddwd of int16 pairs. Tiles: 0 = A (16 tokens x 64 codes),
+# 1 = B_lo, 2 = B_hi (16 rows of 64 bytes), C in 4, 5 and 6, 7 for alternate pairs.
 
-MIN_TOKENS = 16  # fewer gemm tokens go to the VNNI kernel (unpacking the weights costs more than it saves)
+MIN_TOKENS = 32  # fewer gemm tokens go to the VNNI kernel (unpacking the weights costs more than it saves)
+PAIR_BYTES = 2 * 16 * 64  # one pair's B_lo and B_hi tiles
+_PAIR_CONFIG = amx.tile_config({0: (16, 64), 1: (16, 64), 2: (16, 64), 4: (16, 64), 5: (16, 64), 6: (16, 64), 7: (16, 64)})
 
 
 @njit(cache=True, inline="always")
-def _add_pair(sums, d, dmin, sc, mn, ob, j, ad, sums16, t0, n_sb, b, acc, acc_min):
-    """The gemm order's float step for sub-blocks j, j + 1 of super-block b (their dot products for
-    16 tokens x 16 rows in sums, two C tiles): acc += f32(sc_j dot_j + sc_j+1 dot_j+1) * (d_w * d_a),
-    acc_min += f32(mn_j asum_j + mn_j+1 asum_j+1) * (dmin_w * d_a), per token."""
+def _scaled_tiles(w, wg, sc, g, n_pairs, codes):
+    """A group's 4-bit codes (nibble steps from byte wg) times the low and high 3 bits of their
+    sub-block's scale, as B tiles: per pair of sub-blocks, B_lo then B_hi, each 16 rows of 64 bytes
+    (row 2m the low nibbles of the pair's step m, row 2m+1 its high nibbles), (n_pairs, 2, 16, 16, 4) int8."""
+    low3 = v.broadcast_i32(7)
+    repeat = v.broadcast_i32(0x01010101)
+    for p in range(n_pairs):
+        for half in range(U(2)):
+            scales = v.load_u8_as_i32(sc, (g * n_pairs * U(2) + U(2) * p + half) * U(ROWS))  # sub-block 2p + half
+            lo = v.mul_i32(v.and_i32(scales, low3), repeat)  # each row's 3 bits in its 4 bytes
+            hi = v.mul_i32(v.shift_right_i32(scales, 3), repeat)
+            for m in range(U(4)):
+                packed = v.load_bytes(w, wg + (U(8) * p + U(4) * half + m) * U(64))
+                at = p * U(PAIR_BYTES) + (U(8) * half + U(2) * m) * U(64)
+                v.store_bytes(codes, at, v.mul_bytes(v.low_nibbles(packed), lo))
+                v.store_bytes(codes, at + U(64), v.mul_bytes(v.high_nibbles(packed), lo))
+                v.store_bytes(codes, at + U(1024), v.mul_bytes(v.low_nibbles(packed), hi))
+                v.store_bytes(codes, at + U(1088), v.mul_bytes(v.high_nibbles(packed), hi))
+
+
+def _scaled_pair(c_lo: int, c_hi: int):
+    """(start, store) of a pair's two products A x B_lo, A x B_hi in C tiles c_lo, c_hi."""
+    @njit(inline="always")
+    def start(aq, a_at, codes, p):
+        amx.zero(c_lo)
+        amx.zero(c_hi)
+        amx.load(0, aq, a_at + p * U(TILE_TOKENS * 64), 64)
+        amx.load(1, codes, p * U(PAIR_BYTES), 64)
+        amx.load(2, codes, p * U(PAIR_BYTES) + U(1024), 64)
+        amx.dot(c_lo, 0, 1)
+        amx.dot(c_hi, 0, 2)
+
+    @njit(inline="always")
+    def store(sums):
+        amx.store(c_lo, sums, 0, 64)
+        amx.store(c_hi, sums, C_TILE, 64)
+
+    return start, store
+
+
+_start_a, _store_a = _scaled_pair(4, 5)
+_start_b, _store_b = _scaled_pair(6, 7)
+
+
+@njit(cache=True, inline="always")
+def _next_pair(aq, a_at, codes, p, n_pairs, sums):
+    """Start pair p + 1's products if there is one, then store pair p's (C_lo, C_hi) to sums."""
+    if p % U(2) == U(0):
+        if p + U(1) < n_pairs:
+            _start_b(aq, a_at, codes, p + U(1))
+        _store_a(sums)
+    else:
+        if p + U(1) < n_pairs:
+            _start_a(aq, a_at, codes, p + U(1))
+        _store_b(sums)
+
+
+@njit(cache=True, inline="always")
+def _add_pair(sums, d, dmin, mn, ob, j, ad, pair_sums, t0, n_sb, b, n_pairs, p, acc, acc_min):
+    """The gemm order's float step for sub-blocks j, j + 1 of super-block b: acc += f32(C_lo + 8 C_hi)
+    * (d_w * d_a), acc_min += f32(mn_j asum_j + mn_j+1 asum_j+1) * (dmin_w * d_a), per token."""
     dw = v.load_f16(d, ob)
     dmw = v.load_f16(dmin, ob)
     osm = ob * U(8) + j * U(ROWS)
-    sc0 = v.load_u8_as_i32(sc, osm)
-    sc1 = v.load_u8_as_i32(sc, osm + U(ROWS))
-    mn0 = v.load_u8_as_i32(mn, osm)
-    mn1 = v.load_u8_as_i32(mn, osm + U(ROWS))
+    mins = v.or_i32(v.load_u8_as_i32(mn, osm), v.shift_left_i32(v.load_u8_as_i32(mn, osm + U(ROWS)), 16))
     for t in range(U(TILE_TOKENS)):
         o = t * U(ROWS)
-        si = ((t0 + t) * n_sb + b) * U(8) + j
-        s = v.add_i32(v.mul_i32(v.load_i32(sums, o), sc0), v.mul_i32(v.load_i32(sums, U(C_TILE) + o), sc1))
-        m = v.add_i32(v.mul_i32(mn0, v.broadcast_i32(_sum32(sums16, si))), v.mul_i32(mn1, v.broadcast_i32(_sum32(sums16, si + U(1)))))
+        s = v.add_i32(v.load_i32(sums, o), v.shift_left_i32(v.load_i32(sums, U(C_TILE) + o), 3))
+        m = v.dot_i16_pairs(mins, v.broadcast_i32(pair_sums[(t0 + t) * n_pairs + p]))
         da = v.broadcast_f32(ad[(t0 + t) * n_sb + b])
         v.store_f32(acc, o, v.fma(v.to_f32(s), v.mul(dw, da), v.load_f32(acc, o)))
         v.store_f32(acc_min, o, v.fma(v.to_f32(m), v.mul(dmw, da), v.load_f32(acc_min, o)))
 
 
+@njit(cache=True, boundscheck=False)
+def _pair_sums(sums16, n_rows, n_pairs):
+    """Each pair of sub-blocks' activation sums as int16 halves of an int32, (n_rows * n_pairs): the
+    even sub-block's low, the odd one's high (|sum| <= 32 x 127 fits int16)."""
+    out = np.empty(n_rows * n_pairs, np.int32)
+    for i in range(n_rows * n_pairs):
+        even = sums16[4 * i] + sums16[4 * i + 1]
+        odd = sums16[4 * i + 2] + sums16[4 * i + 3]
+        out[i] = (even & 0xFFFF) | (odd << 16)
+    return out
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
-def _mm_tiles(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chunks, n_workers, config):
-    """out (n_tok * n_out) in the repacked-Q4_K gemm order, with the sub-blocks' integer dot products
-    from AMX tiles (layout.py). aq, ad, sums16 as `_mm_repacked`'s, padded with zeros to whole tiles
-    of 16 tokens."""
+def _mm_tiles(w, d, dmin, sc, mn, aq, ad, pair_sums, n_out, n_in, n_tok, out, n_chunks, n_workers, config):
+    """out (n_tok * n_out) in the repacked-Q4_K gemm order, the integers from AMX tiles (above). aq
+    the Q8_K codes as A tiles (`a_tiles`), ad as `_mm_repacked`'s and pair_sums from `_pair_sums`, all
+    padded with zeros to whole tiles of 16 tokens."""
     n_sb = U(n_in // QK)
-    n_pairs = U(n_in // 64)  # pairs of 32-weight sub-blocks
+    n_pairs = U(n_in // 64)
     uin = U(n_in)
     uout = U(n_out)
     n_groups = (n_out + ROWS - 1) // ROWS
@@ -439,8 +510,8 @@ def _mm_tiles(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chu
     n_pad = U((n_tok + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS)
     queue = new_queue(n_workers)
     for worker in prange(n_workers):
-        codes = amx.aligned_empty(n_in * ROWS, np.int8)  # (n_sub_blocks, 8, 16, 4): one B tile per sub-block
-        sums = amx.aligned_empty(2 * C_TILE, np.int32)  # a pair's C tiles, (2, 16 tokens, 16 rows)
+        codes = amx.aligned_empty(n_pairs * U(PAIR_BYTES), np.int8)
+        sums = amx.aligned_empty(2 * C_TILE, np.int32)  # a pair's C_lo and C_hi, (2, 16 tokens, 16 rows)
         acc = amx.aligned_empty(C_TILE, np.float32)  # (16 tokens, 16 rows)
         acc_min = amx.aligned_empty(C_TILE, np.float32)
         tmp = np.empty(ROWS, np.float32)
@@ -449,19 +520,19 @@ def _mm_tiles(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chu
         while c < n_chunks:
             g0, g1 = chunk_groups(c, n_chunks, n_groups)
             for g in range(U(g0), U(g1)):
-                nibble_tiles(w, g * group_bytes, U(n_in // 32), 0, codes)
+                _scaled_tiles(w, g * group_bytes, sc, g, n_pairs, codes)
                 row0 = g * U(ROWS)
                 n_valid = min(U(ROWS), uout - row0)
                 for t0 in range(U(0), n_pad, U(TILE_TOKENS)):
                     acc[:] = 0.0
                     acc_min[:] = 0.0
-                    a_at = t0 * uin
-                    start_tiles(aq, a_at, uin, codes)
+                    a_at = t0 * uin  # its A tiles, 1 KB each
+                    _start_a(aq, a_at, codes, U(0))
                     for p in range(n_pairs):
-                        next_tiles(aq, a_at, uin, codes, p, n_pairs, sums)
+                        _next_pair(aq, a_at, codes, p, n_pairs, sums)
                         b = p // U(4)
-                        _add_pair(sums, d, dmin, sc, mn, (g * n_sb + b) * U(ROWS), U(2) * (p % U(4)), ad, sums16, t0, n_sb, b,
-                                  acc, acc_min)
+                        _add_pair(sums, d, dmin, mn, (g * n_sb + b) * U(ROWS), U(2) * (p % U(4)), ad, pair_sums, t0, n_sb, b,
+                                  n_pairs, p, acc, acc_min)
                     for t in range(U(0), min(U(TILE_TOKENS), U(n_tok) - t0)):
                         o = t * U(ROWS)
                         store_group(out, (t0 + t) * uout + row0, n_valid, v.sub(v.load_f32(acc, o), v.load_f32(acc_min, o)), tmp)
@@ -471,24 +542,24 @@ def _mm_tiles(w, d, dmin, sc, mn, aq, ad, sums16, n_out, n_in, n_tok, out, n_chu
 
 class KQuantAmxRepacked(KQuantInt8Repacked):
     """A repacked Q4_K matrix (KQuantInt8Repacked's layout) whose gemm tokens, when there are
-    MIN_TOKENS or more, run on AMX tiles: the integer dot product of each 32-weight sub-block for 16
-    tokens x 16 rows at once, the scales, mins and float steps as `_mm_repacked`'s gemm."""
+    MIN_TOKENS or more, run on AMX tiles (above): the same integers and float steps as `_mm_repacked`'s gemm."""
 
     def matmul(self, x: np.ndarray, single_rows: bool = False) -> np.ndarray:
         """x (n_tok, n_in) float32 -> (n_tok, n_out) float32, as llama.cpp's q4_K_8x8 gemm (the tokens
         in whole groups of 4) and gemv (the rest, or every row when single_rows)."""
-        n_tok = x.shape[0]
+        n_tok, n_in = x.shape
         n_gemm = n_tok - n_tok % 4
         if single_rows or n_gemm < MIN_TOKENS:
             return super().matmul(x, single_rows)
-        n_pad = (n_gemm + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS
-        q, d, sums16 = q8_K_activations(x, max(n_pad, n_tok))
+        n_rows = max(n_tok, (n_gemm + TILE_TOKENS - 1) // TILE_TOKENS * TILE_TOKENS)
+        q, d, sums16 = q8_K_activations(x, n_rows)
         out = np.empty((n_tok, self.n_out), np.float32)
         n_chunks, n_workers = work_split(self.n_groups)
-        _mm_tiles(self.w, self.d, self.dmin, self.sc, self.mn, q, d, sums16, self.n_out, self.n_in, n_gemm, out.reshape(-1),
-                  n_chunks, n_workers, TILE_CONFIG)
+        _mm_tiles(self.w, self.d, self.dmin, self.sc, self.mn, a_tiles(q, n_rows, n_in, 64), d, _pair_sums(sums16, n_rows, n_in // 64),
+                  self.n_out, n_in,
+                  n_gemm, out.reshape(-1), n_chunks, n_workers, _PAIR_CONFIG)
         if n_gemm < n_tok:  # the last 1-3 tokens in the gemv order
-            n_sb, n_in = self.n_in // QK, self.n_in
+            n_sb = n_in // QK
             _mm_repacked(self.w, self.d, self.dmin, self.sc, self.mn, q[n_gemm * n_in:n_tok * n_in], d[n_gemm * n_sb:n_tok * n_sb],
                          sums16[n_gemm * n_in // 16:n_tok * n_in // 16], self.n_out, n_in, n_tok - n_gemm, 0,
                          out[n_gemm:].reshape(-1), n_chunks, n_workers)

@@ -48,7 +48,7 @@ from camelid.cpu import amx
 from camelid.cpu import simd as v
 from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import quantize_q8_0_or_1
-from camelid.quant.kernels.layout import (C_TILE, NIBBLE_TYPES, ROWS, TILE_CONFIG, TILE_TOKENS, codes_q32, interleave_rows,
+from camelid.quant.kernels.layout import (C_TILE, NIBBLE_TYPES, ROWS, TILE_CONFIG, TILE_TOKENS, a_tiles, codes_q32, interleave_rows,
                                           next_tiles, nibble_tiles, pack_nibble_steps, single_tile, start_tiles, step_codes,
                                           steps_interleaved, store_group)
 from camelid.quant.types import BLOCK_TYPES
@@ -310,8 +310,9 @@ def _add_block(sums, at, d, db, ad, t0, nb, b, acc):
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _mm_tiles(w, d, aq, ad, n_out, n_in, n_tok, out, n_chunks, n_workers, config):
-    """out (n_tok * n_out) in the repacked-Q4_0 order. aq (n_pad * n_in) int8 Q8_0 codes and ad
-    (n_pad * n_blocks) float32 scales, n_pad = n_tok rounded up to whole tiles (zeros past n_tok)."""
+    """out (n_tok * n_out) in the repacked-Q4_0 order. aq (n_pad * n_in) int8 Q8_0 codes as A tiles
+    (`a_tiles`, k = 32) and ad (n_pad * n_blocks) float32 scales, n_pad = n_tok rounded up to whole
+    tiles (zeros past n_tok)."""
     nb = U(n_in // 32)
     n_pairs = nb // U(2)
     uin = U(n_in)
@@ -336,16 +337,16 @@ def _mm_tiles(w, d, aq, ad, n_out, n_in, n_tok, out, n_chunks, n_workers, config
                 n_valid = min(U(ROWS), uout - row0)
                 for t0 in range(U(0), n_pad, U(TILE_TOKENS)):
                     acc[:] = 0.0
-                    a_at = t0 * uin
+                    a_at = t0 * uin  # its A tiles
                     if n_pairs > U(0):
-                        start_tiles(aq, a_at, uin, codes)
+                        start_tiles(aq, a_at, codes)
                     for p in range(n_pairs):
-                        next_tiles(aq, a_at, uin, codes, p, n_pairs, sums)
+                        next_tiles(aq, a_at, codes, p, n_pairs, sums)
                         b = U(2) * p
                         _add_block(sums, U(0), d, dg + b * U(ROWS), ad, t0, nb, b, acc)
                         _add_block(sums, U(C_TILE), d, dg + (b + U(1)) * U(ROWS), ad, t0, nb, b + U(1), acc)
                     if nb % U(2):
-                        single_tile(aq, a_at, uin, codes, nb - U(1), sums)
+                        single_tile(aq, a_at, codes, nb - U(1), sums)
                         _add_block(sums, U(0), d, dg + (nb - U(1)) * U(ROWS), ad, t0, nb, nb - U(1), acc)
                     for t in range(U(0), min(U(TILE_TOKENS), U(n_tok) - t0)):
                         store_group(out, (t0 + t) * uout + row0, n_valid, v.load_f32(acc, t * U(ROWS)), tmp)
@@ -363,7 +364,7 @@ def _matmul_tiles(w, d, x, n_out, out, n_chunks, n_workers, config):
     aq[n_tok * n_in:] = 0
     ad = np.zeros(n_pad * nb, np.float32)
     quantize_q8_0_or_1(x, False, aq[:n_tok * n_in], ad[:n_tok * nb], np.empty(0, np.float32))
-    _mm_tiles(w, d, aq, ad, n_out, n_in, n_tok, out, n_chunks, n_workers, config)
+    _mm_tiles(w, d, a_tiles(aq, n_pad, n_in, 32), ad, n_out, n_in, n_tok, out, n_chunks, n_workers, config)
 
 
 class Q32AmxRepacked(Q32Int8Repacked):
