@@ -349,6 +349,24 @@ def test_swiglu_matches_ggml(ggml):
     compare(ours, ggml, lambda: ggml.swiglu(gate, up), ref, bound, "swiglu")
 
 
+def test_geglu_matches_ggml_on_every_float16_gate(ggml):
+    # Gemma's FFN: gelu_tanh(gate) * up through ggml's float16 GELU table, whose entries come from
+    # glibc's tanhf (NumPy's float32 tanh gave 234 of them one float16 step off)
+    from camelid.model.ops import gelu_mul
+
+    gate = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    gate = gate[np.isfinite(gate)][:63488].reshape(-1, 992)  # every finite float16, -10 and 10 included
+    up = np.random.default_rng(10).standard_normal(gate.shape).astype(np.float32)
+    g = gate.astype(np.float64)
+    ref = 0.5 * g * (1.0 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * up
+    ref = np.where(g <= -10, 0.0, np.where(g >= 10, g * up, ref))
+    # the float16 table rounds GELU to 11 bits (2^-25 apart below 2^-14), the product once more; below
+    # x = -5, 1 + tanhf(...) is below float32's resolution at 1, an absolute error of about |x| 2^-23
+    bound = (2.0**-11 + 2.0**-23) * np.abs(ref) + (2.0**-21 * np.abs(g) + 2.0**-24) * np.abs(up)
+    ours = gelu_mul(np.concatenate([gate, up], axis=1))
+    compare(ours, ggml, lambda: ggml.geglu(gate, up), ref, bound, "geglu")
+
+
 def rope_float64(x: np.ndarray, positions: np.ndarray, base: float, neox: bool) -> np.ndarray:
     """RoPE over the whole head in float64, with ggml's float32 angles (theta_0 = position,
     theta_{i+1} = theta_i * base^(-2/d), both in float32)."""

@@ -9,9 +9,10 @@ builds on this machine):
 - `hsum16`: GCC's `_mm512_reduce_add_ps`: halves added (a[i] + a[i+8]), then quarters (+4), then
   the 4-lane sum (b0+b2) + (b1+b3).
 - `v_expf`: `ggml_v_expf`, the AVX-512 polynomial exponential of vec.h (softmax and SiLU use it).
-- `libm_expf`, `libm_cosf`, `libm_sinf`: glibc's float functions, called directly (ggml's scalar
-  tails and RoPE's cache call them; the correctly rounded float64 cos/sin differ from glibc's cosf /
-  sinf in about 1 value in 100 for RoPE's angles).
+- `libm_expf`, `libm_cosf`, `libm_sinf`, `libm_tanhf`: glibc's float functions, called directly
+  (ggml's scalar tails, RoPE's cache and the GELU table call them; the correctly rounded float64
+  cos/sin differ from glibc's cosf / sinf in about 1 value in 100 for RoPE's angles, and NumPy's
+  float32 tanh from tanhf in 234 of the GELU table's 65536 entries).
 - `round_f16`, `f16_to_f32`: float16 conversions as F16C does them (nearest-even), on float32.
 """
 
@@ -85,6 +86,7 @@ def _libm_f32(name: str):
 libm_expf = _libm_f32("expf")
 libm_cosf = _libm_f32("cosf")
 libm_sinf = _libm_f32("sinf")
+libm_tanhf = _libm_f32("tanhf")
 
 
 @njit(cache=True, inline="always")

@@ -15,7 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 from camelid.cpu import simd
-from camelid.cpu.ggml_math import f16_bits, f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, round_f16, silu_f32, v_expf, v_silu
+from camelid.cpu.ggml_math import (f16_bits, f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, libm_tanhf, round_f16, silu_f32,
+                                   v_expf, v_silu)
 
 U = np.uint64
 
@@ -78,14 +79,21 @@ def _swiglu(gate_up, out):
 @functools.cache
 def _gelu_table() -> np.ndarray:
     """ggml_table_gelu_f16 widened to float32: for each float16 bit pattern h, ggml_gelu_f32(h)
-    rounded to float16, with GCC's fused multiply-add in 1 + GELU_COEF_A*x*x. (65536,) float32."""
-    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    with np.errstate(all="ignore"):
-        ax = np.float32(0.044715) * x
-        inner = (ax.astype(np.float64) * x + 1.0).astype(np.float32)  # fmaf(GELU_COEF_A*x, x, 1.0f)
-        t = np.tanh((np.float32(0.7978845608028654) * x) * inner)
-        y = (np.float32(0.5) * x) * (np.float32(1.0) + t)
-    return y.astype(np.float16).astype(np.float32)
+    rounded to float16. (65536,) float32."""
+    table = np.empty(1 << 16, np.float32)
+    _fill_gelu_table(table)
+    return table
+
+
+@njit(cache=True)
+def _fill_gelu_table(table):
+    """0.5x (1 + tanhf(sqrt(2/pi) x (1 + 0.044715 x x))) per float16 x, as GCC compiles ggml_gelu_f32:
+    the inner 1 + (0.044715 x) x fused, glibc's tanhf."""
+    for h in range(len(table)):
+        x = f16_to_f32(np.uint16(h))
+        inner = fma32(np.float32(0.044715) * x, x, np.float32(1.0))
+        t = libm_tanhf(np.float32(0.7978845608028654) * x * inner)
+        table[h] = round_f16(np.float32(0.5) * x * (np.float32(1.0) + t))
 
 
 def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
@@ -93,7 +101,7 @@ def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
     from gate_up (n, 2 * n_ff) float32 holding gate then up in each row; returns (n, n_ff).
 
     A gate value in (-10, 10) is rounded to float16 and looked up in ggml's float16 GELU table; at
-    or below -10 the result is 0, at or above 10 the gate passes unchanged.
+    or below -10 the result is +0, at or above 10 the gate passes unchanged.
     """
     gate_up = np.ascontiguousarray(gate_up, dtype=np.float32)
     out = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), np.float32)
@@ -108,12 +116,11 @@ def _gelu_mul(gate_up, table, out):
         for i in range(m):
             x = gate_up[t, i]
             if x <= np.float32(-10.0):
-                g = np.float32(0.0)
+                out[t, i] = np.float32(0.0)  # +0 whatever the sign of up, as ggml
             elif x >= np.float32(10.0) or x != x:
-                g = x
+                out[t, i] = x * gate_up[t, m + i]
             else:
-                g = table[f16_bits(x)]
-            out[t, i] = g * gate_up[t, m + i]
+                out[t, i] = table[f16_bits(x)] * gate_up[t, m + i]
 
 
 @njit(cache=True, boundscheck=False)

@@ -74,6 +74,8 @@ class Ggml:
         base.ggml_new_tensor_3d.argtypes = [_P, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
         base.ggml_swiglu_split.restype = _P
         base.ggml_swiglu_split.argtypes = [_P, _P, _P]
+        base.ggml_geglu_split.restype = _P
+        base.ggml_geglu_split.argtypes = [_P, _P, _P]
         base.ggml_soft_max_ext.restype = _P
         base.ggml_soft_max_ext.argtypes = [_P, _P, _P, ctypes.c_float, ctypes.c_float]
         base.ggml_rope_ext.restype = _P
@@ -218,6 +220,12 @@ class Ggml:
         n, m = gate.shape
         ins = [(T.F32, (m, n), gate.astype(np.float32)), (T.F32, (m, n), up.astype(np.float32))]
         return self.run(lambda ctx, t: self.base.ggml_swiglu_split(ctx, t[0], t[1]), ins).reshape(n, m)
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """ggml_geglu_split(gate, up) of (n, n_ff) float32 rows (tanh GELU from ggml's float16 table)."""
+        n, m = gate.shape
+        ins = [(T.F32, (m, n), gate.astype(np.float32)), (T.F32, (m, n), up.astype(np.float32))]
+        return self.run(lambda ctx, t: self.base.ggml_geglu_split(ctx, t[0], t[1]), ins).reshape(n, m)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, n_dims: int, neox: bool, base: float,
              freq_scale: float = 1.0) -> np.ndarray:
