@@ -18,6 +18,11 @@ Files, one per family; a family imports only layout.py, activations.py and camel
 A `_float` family computes the integer sums with float32 arithmetic on exactly representable
 integers, which any CPU can run; an `_int8` family computes them with int8 dot-product instructions
 (camelid.cpu.simd: VNNI, else AVX-512BW or AVX2), 3-5x faster, with the same results bit for bit.
+On CPUs with AMX (camelid.cpu.amx) the repacked Q4_0 and Q4_K products of prompt-sized batches take
+their integer sums from AMX tile products instead, again bit for bit. The VEC orders (Q4_1, Q5_0,
+Q5_1, Q8_0, and the K-quants below 8 tokens) cannot gain from them: they keep sums of 4 products
+per float lane, and a tile product costs the same whatever its depth, so AMX 4 products deep is no
+faster than VNNI. TILED (Q5_K, Q6_K, unrepacked Q4_K) could, as the gemm does; not built yet.
 
 The code paths (llama.cpp's, and so the float order of a product):
 

@@ -1,4 +1,5 @@
-"""K-quant products (Q4_K, Q5_K, Q6_K) on integer dot products (simd.dot_bytes: VNNI, AVX-512BW, AVX2).
+"""K-quant products (Q4_K, Q5_K, Q6_K) on integer dot products (simd.dot_bytes: VNNI, AVX-512BW, AVX2),
+and repacked Q4_K prompts on AMX tiles.
 
 Bit-identical to kq_float.py's: the integer parts (sums of 4 products, scaled and summed by lane or by
 sub-block) are computed in int32 lanes, exact, and become floats where llama.cpp converts them. One
@@ -10,7 +11,9 @@ kernel per code path (camelid/quant/kernels/__init__.py):
   it repacks: ggml_gemm/gemv_q4_K_8x8_q8_K. s1 = sum over the 32-weight sub-blocks of scale x (the
   sub-block's dot product), s2 = sum of min x (the sub-block's activation sum), as integers; they
   turn into floats once per 64 weights (gemm) or per super-block (gemv): acc = fma(f32(s1), d_w *
-  d_a, acc), acc_min = fma(f32(s2), dmin_w * d_a, acc_min), and the output is acc - acc_min.
+  d_a, acc), acc_min = fma(f32(s2), dmin_w * d_a, acc_min), and the output is acc - acc_min;
+- `_mm_tiles` (`KQuantAmxRepacked`, on CPUs with AMX): that gemm for 32 gemm tokens or more, s1 and
+  s2 from AMX tile products and vpmaddwd (the AMX section below), the same bits.
 
 Layout (layout.py, int8 families): 4-bit codes (Q4_K) 8 weights per 64-byte step, 5- and 6-bit codes
 one per byte (4 weights per step), groups of 16 rows; d and dmin as float16 bits, (n_groups, n_sb,
