@@ -245,11 +245,12 @@ def test_float_types_match_ggml(ggml, t, n_tok):
     check(ggml, t, 36, 600 if t == T.F32 else 592, n_tok, "blk.0.ffn_up.weight", False, 30 * int(t) + n_tok)
 
 
-def test_activation_quantizer_matches_numpy_reference():
+@pytest.mark.parametrize("n_rows", [5, 21])  # row by row, and on every thread from PARALLEL_ROWS
+def test_activation_quantizer_matches_numpy_reference(n_rows):
     from camelid.quant.kernels.activations import quantize_q8_0_or_1 as _quantize_q8
 
     rng = np.random.default_rng(7)
-    x = activations(5, 2048, rng)
+    x = activations(n_rows, 2048, rng)
     x[1, :32] = 0.0
     x[2, 32:64] = 1e-30
     x[3] *= 1e4
@@ -266,12 +267,13 @@ def test_activation_quantizer_matches_numpy_reference():
     assert np.array_equal(quantize_q8_0(x)[0], d)
 
 
-def test_q8_k_quantizer_matches_numpy_reference():
+@pytest.mark.parametrize("n_rows", [4, 20])
+def test_q8_k_quantizer_matches_numpy_reference(n_rows):
     from camelid.quant.activations import quantize_q8_K
     from camelid.quant.kernels.activations import quantize_q8_K as quantize_q8_k
 
     rng = np.random.default_rng(8)
-    x = activations(4, 1024, rng)
+    x = activations(n_rows, 1024, rng)
     x[1, :256] = 0.0  # an all-zero block
     x[2, 300] = -2 * np.abs(x[2, 256:512]).max()  # the scale from a negative maximum
     x[3, 600:602] = [50.0, -50.0]  # a tie: the first one sets the sign
