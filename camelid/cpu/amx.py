@@ -158,34 +158,28 @@ def zero(typingctx, tile):
     return types.none(tile), codegen
 
 
-@intrinsic(prefer_literal=True)
-def load(typingctx, tile, array, offset, stride):
-    """tileloadd: the tile's rows from element `offset` of an array, `stride` bytes apart."""
-    if not _tiles(tile):
-        return None
+def _memory(instruction: str):
+    """tileloadd64 or tilestored64 as a Numba call (tile, array, offset, stride)."""
+    @intrinsic(prefer_literal=True)
+    def memory(typingctx, tile, array, offset, stride):
+        if not _tiles(tile):
+            return None
 
-    def codegen(context, builder, sig, args):
-        address = _byte_address(context, builder, sig.args[1], args[1], sig.args[2], args[2])
-        stride_bytes = context.cast(builder, args[3], sig.args[3], types.int64)
-        _call(builder, "llvm.x86.tileloadd64", [_I8, _P8, _I64], [_tile(sig.args[0]), address, stride_bytes])
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            address = _byte_address(context, builder, sig.args[1], args[1], sig.args[2], args[2])
+            stride_bytes = context.cast(builder, args[3], sig.args[3], types.int64)
+            _call(builder, f"llvm.x86.{instruction}", [_I8, _P8, _I64], [_tile(sig.args[0]), address, stride_bytes])
+            return context.get_dummy_value()
 
-    return types.none(tile, array, offset, stride), codegen
+        return types.none(tile, array, offset, stride), codegen
+
+    return memory
 
 
-@intrinsic(prefer_literal=True)
-def store(typingctx, tile, array, offset, stride):
-    """tilestored: the tile's rows to an array from element `offset`, `stride` bytes apart."""
-    if not _tiles(tile):
-        return None
-
-    def codegen(context, builder, sig, args):
-        address = _byte_address(context, builder, sig.args[1], args[1], sig.args[2], args[2])
-        stride_bytes = context.cast(builder, args[3], sig.args[3], types.int64)
-        _call(builder, "llvm.x86.tilestored64", [_I8, _P8, _I64], [_tile(sig.args[0]), address, stride_bytes])
-        return context.get_dummy_value()
-
-    return types.none(tile, array, offset, stride), codegen
+load = _memory("tileloadd64")
+load.__doc__ = "tileloadd: the tile's rows from element `offset` of an array, `stride` bytes apart."
+store = _memory("tilestored64")
+store.__doc__ = "tilestored: the tile's rows to an array from element `offset`, `stride` bytes apart."
 
 
 @intrinsic(prefer_literal=True)

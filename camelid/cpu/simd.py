@@ -123,35 +123,41 @@ def _address(context, builder, array_type, array, offset_type, offset, pointee):
 
 # ---------------------------------------------------------------------------- int32 lanes
 
-@intrinsic
-def load_bytes(typingctx, array, offset):
-    """The 64 bytes of a uint8/int8 array from element `offset`, as I32x16."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
-        return builder.load(ptr, align=1)
+def _load(vector, align: int):
+    """A load of a `vector` value from an array from element `offset` (no bounds check)."""
+    @intrinsic
+    def load(typingctx, array, offset):
+        def codegen(context, builder, sig, args):
+            ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _LLVM_TYPES[vector.name])
+            return builder.load(ptr, align=align)
 
-    return I32x16(array, offset), codegen
+        return vector(array, offset), codegen
 
-
-@intrinsic
-def load_i32(typingctx, array, offset):
-    """16 int32 values of an int32 array from element `offset`."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
-        return builder.load(ptr, align=4)
-
-    return I32x16(array, offset), codegen
+    return load
 
 
-@intrinsic
-def store_bytes(typingctx, array, offset, v):
-    """Write the 64 bytes of an I32x16 to a uint8/int8 array from element `offset`."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_I32)
-        builder.store(args[2], ptr, align=1)
-        return context.get_dummy_value()
+load_bytes = _load(I32x16, 1)
+load_bytes.__doc__ = "The 64 bytes of a uint8/int8 array from element `offset`, as I32x16."
+load_i32 = _load(I32x16, 4)
+load_i32.__doc__ = "16 int32 values of an int32 array from element `offset`."
 
-    return types.none(array, offset, I32x16), codegen
+
+def _store(vector, align: int):
+    """A store of a `vector` value to an array from element `offset` (no bounds check)."""
+    @intrinsic
+    def store(typingctx, array, offset, v):
+        def codegen(context, builder, sig, args):
+            ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _LLVM_TYPES[vector.name])
+            builder.store(args[2], ptr, align=align)
+            return context.get_dummy_value()
+
+        return types.none(array, offset, vector), codegen
+
+    return store
+
+
+store_bytes = _store(I32x16, 1)
+store_bytes.__doc__ = "Write the 64 bytes of an I32x16 to a uint8/int8 array from element `offset`."
 
 
 @intrinsic
@@ -437,14 +443,8 @@ def broadcast_f32(typingctx, value):
     return F32x16(value), codegen
 
 
-@intrinsic
-def load_f32(typingctx, array, offset):
-    """16 float32 values of a float32 array from element `offset`."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_F32)
-        return builder.load(ptr, align=4)
-
-    return F32x16(array, offset), codegen
+load_f32 = _load(F32x16, 4)
+load_f32.__doc__ = "16 float32 values of a float32 array from element `offset`."
 
 
 @intrinsic
@@ -457,15 +457,8 @@ def load_f16(typingctx, array, offset):
     return F32x16(array, offset), codegen
 
 
-@intrinsic
-def store_f32(typingctx, array, offset, v):
-    """Write 16 float32 lanes to a float32 array from element `offset`."""
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[0], args[0], sig.args[1], args[1], _V_F32)
-        builder.store(args[2], ptr, align=4)
-        return context.get_dummy_value()
-
-    return types.none(array, offset, F32x16), codegen
+store_f32 = _store(F32x16, 4)
+store_f32.__doc__ = "Write 16 float32 lanes to a float32 array from element `offset`."
 
 
 add = _binary("fadd", F32x16)

@@ -32,7 +32,7 @@ from camelid.cpu import simd as v
 from camelid.cpu.work_queue import chunk_groups, new_queue, next_chunk, work_split
 from camelid.quant.kernels.activations import q8_K_activations
 from camelid.quant.kernels.layout import (C_TILE, K_KIND, KIND_Q4_K, KIND_Q5_K, KIND_Q6_K, NIBBLE_TYPES, QK, ROWS,
-                                          TILE_TOKENS, a_tiles, interleave_rows, pack_nibble_steps, step_codes, steps_interleaved,
+                                          TILE_TOKENS, a_tiles, interleave_rows, tile_pipeline, pack_nibble_steps, step_codes, steps_interleaved,
                                           store_group, unpack_k)
 from camelid.quant.types import BLOCK_TYPES, k_scales_mins
 
@@ -455,19 +455,7 @@ def _scaled_pair(c_lo: int, c_hi: int):
 
 _start_a, _store_a = _scaled_pair(4, 5)
 _start_b, _store_b = _scaled_pair(6, 7)
-
-
-@njit(cache=True, inline="always")
-def _next_pair(aq, a_at, codes, p, n_pairs, sums):
-    """Start pair p + 1's products if there is one, then store pair p's (C_lo, C_hi) to sums."""
-    if p % U(2) == U(0):
-        if p + U(1) < n_pairs:
-            _start_b(aq, a_at, codes, p + U(1))
-        _store_a(sums)
-    else:
-        if p + U(1) < n_pairs:
-            _start_a(aq, a_at, codes, p + U(1))
-        _store_b(sums)
+_next_pair = tile_pipeline(_start_a, _store_a, _start_b, _store_b)  # starts pair p + 1, stores pair p's C_lo, C_hi
 
 
 @njit(cache=True, inline="always")

@@ -267,10 +267,30 @@ def nibble_tiles(w, wg, n_blocks, offset, codes):
         v.store_bytes(codes, s * U(128) + U(64), v.sub_bytes(v.high_nibbles(packed), offsets))
 
 
-def _tile_pair(c_even: int, c_odd: int):
-    """(start, store) of the products of blocks b, b+1 in C tiles c_even, c_odd."""
+def tile_pipeline(start_a, store_a, start_b, store_b):
+    """`next_tiles(aq, a_at, codes, k, n_steps, sums)` for kernels whose steps alternate between two
+    sets of C tiles: start(aq, a_at, codes, k) issues step k's products, store(sums) stores them.
+    It starts step k + 1 (if any) in the other set, then stores step k's, so that the tile unit
+    works while the vector units turn step k's sums into floats."""
     @njit(inline="always")
-    def start(aq, a_at, codes, b):
+    def next_tiles(aq, a_at, codes, k, n_steps, sums):
+        if k % U(2) == U(0):
+            if k + U(1) < n_steps:
+                start_b(aq, a_at, codes, k + U(1))
+            store_a(sums)
+        else:
+            if k + U(1) < n_steps:
+                start_a(aq, a_at, codes, k + U(1))
+            store_b(sums)
+
+    return next_tiles
+
+
+def _tile_pair(c_even: int, c_odd: int):
+    """(start, store) of the products of pair p, blocks 2p and 2p + 1, in C tiles c_even, c_odd."""
+    @njit(inline="always")
+    def start(aq, a_at, codes, p):
+        b = U(2) * p
         amx.zero(c_even)
         amx.load(0, aq, a_at + b * U(A_TILE_BYTES), TILE_BLOCK)
         amx.load(2, codes, b * U(BLOCK_BYTES), 64)
@@ -299,18 +319,10 @@ def start_tiles(aq, a_at, codes):
     _start_a(aq, a_at, codes, U(0))
 
 
-@njit(cache=True, inline="always")
-def next_tiles(aq, a_at, codes, p, n_pairs, sums):
-    """Start the products of pair p + 1 (blocks 2p + 2, 2p + 3) if there is one, then store pair p's:
-    sums[:C_TILE] block 2p, sums[C_TILE:2 * C_TILE] block 2p + 1, each (16 tokens, 16 rows) int32."""
-    if p % U(2) == U(0):
-        if p + U(1) < n_pairs:
-            _start_b(aq, a_at, codes, U(2) * (p + U(1)))
-        _store_a(sums)
-    else:
-        if p + U(1) < n_pairs:
-            _start_a(aq, a_at, codes, U(2) * (p + U(1)))
-        _store_b(sums)
+next_tiles = tile_pipeline(_start_a, _store_a, _start_b, _store_b)
+next_tiles.__doc__ = """Start the products of pair p + 1 (blocks 2p + 2, 2p + 3) if there is one, then store
+pair p's: sums[:C_TILE] block 2p, sums[C_TILE:2 * C_TILE] block 2p + 1, each (16 tokens, 16 rows)
+int32. Called as next_tiles(aq, a_at, codes, p, n_pairs, sums)."""
 
 
 @njit(cache=True, inline="always")
