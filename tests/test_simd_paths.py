@@ -35,7 +35,7 @@ def test_forced_path_passes_the_kernel_and_agreement_tests(path):
     if not runnable(path):
         pytest.skip(f"this CPU cannot run the {path} instructions")
     if path == "vnni" and amx.kernel_path() == "amx":
-        pytest.skip("the amx path is the vnni path plus AMX for Q4_0 prompts, which test_kernels compares with VNNI's")
+        pytest.skip("the amx path is the vnni path plus AMX for Q4_0 and Q4_K prompts, which test_kernels compares with VNNI's")
     env = dict(os.environ, CAMELID_SIMD=path)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)

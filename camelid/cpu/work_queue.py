@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 GROUPS_PER_CHUNK = 4  # row groups per chunk when there are enough: 64 rows, ggml's chunk of a product
+PARALLEL_ROWS = 16  # rows from which norms and activation rounding run on every thread (a region costs microseconds)
 
 
 def work_split(n_groups: int) -> tuple[int, int]:

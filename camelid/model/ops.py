@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from camelid.cpu import simd
+from camelid.cpu.work_queue import PARALLEL_ROWS
 from camelid.cpu.ggml_math import (f16_bits, f16_to_f32, fma32, hsum16, libm_cosf, libm_sinf, libm_tanhf, round_f16, silu_f32,
                                    v_expf, v_silu)
 
@@ -30,20 +31,31 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
-    _rms_norm(x, weight, np.float32(eps), out)
+    (_rms_norm_parallel if len(x) >= PARALLEL_ROWS else _rms_norm)(x, weight, np.float32(eps), out)
     return out
 
 
 @njit(cache=True, boundscheck=False)
 def _rms_norm(x, weight, eps, out):
-    n, d = x.shape
-    for t in range(n):
-        total = 0.0
-        for i in range(d):
-            total += np.float64(x[t, i] * x[t, i])
-        scale = np.float32(1.0) / np.sqrt(np.float32(total / d) + eps)
-        for i in range(d):
-            out[t, i] = (x[t, i] * scale) * weight[i]
+    for t in range(x.shape[0]):
+        _rms_norm_row(x, weight, eps, out, t)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _rms_norm_parallel(x, weight, eps, out):
+    for t in prange(x.shape[0]):
+        _rms_norm_row(x, weight, eps, out, t)
+
+
+@njit(cache=True, inline="always")
+def _rms_norm_row(x, weight, eps, out, t):
+    d = x.shape[1]
+    total = 0.0
+    for i in range(d):
+        total += np.float64(x[t, i] * x[t, i])
+    scale = np.float32(1.0) / np.sqrt(np.float32(total / d) + eps)
+    for i in range(d):
+        out[t, i] = (x[t, i] * scale) * weight[i]
 
 
 def silu_mul(gate_up: np.ndarray) -> np.ndarray:
@@ -109,10 +121,10 @@ def gelu_mul(gate_up: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, boundscheck=False)
+@njit(cache=True, parallel=True, boundscheck=False)
 def _gelu_mul(gate_up, table, out):
     n, m = out.shape
-    for t in range(n):
+    for t in prange(n):
         for i in range(m):
             x = gate_up[t, i]
             if x <= np.float32(-10.0):

@@ -16,10 +16,10 @@ from numba import njit, prange
 
 from camelid.cpu.ggml_math import round_f16
 from camelid.cpu.simd import aligned_empty
+from camelid.cpu.work_queue import PARALLEL_ROWS
 
 QK8 = 32  # values per Q8_0 / Q8_1 block
 QK_K = 256  # values per Q8_K block
-PARALLEL_ROWS = 16  # rows from which the rounding runs on every thread (a parallel region costs microseconds)
 
 
 @njit(cache=True, boundscheck=False)
