@@ -1,4 +1,5 @@
-"""Intel AMX tiles as Numba calls, for the prompt-sized products (camelid/quant/kernels/*_amx.py).
+"""Intel AMX tiles as Numba calls, for the prompt-sized products (the AMX sections of
+camelid/quant/kernels/q32_int8.py and kq_int8.py, and layout.py's tile helpers).
 
 A CPU with AMX (Intel Xeon from Sapphire Rapids on) has 8 tile registers of up to 16 rows of 64 bytes
 and one instruction, `tdpbssd`, that multiplies two int8 tiles into an int32 one: C (M x N int32) +=
@@ -6,8 +7,8 @@ A (M x K int8) times B (K x N int8), where B is stored 4 rows of K at a time ("V
 holds, for each column n, the bytes of K = 4k4..4k4+3 of column n). That is the int8 families'
 weight step layout (camelid/quant/kernels/layout.py), so a 16-row weight group is a B tile as it is.
 Its int32 sums are exact, so the kernels built on it give the VNNI kernels' results bit for bit.
-One tdpbssd takes about as long whatever K is (16 cycles for 16 rows of A here), so the kernels use
-K = 32 (one Q4_0 block) to keep the per-block sums llama.cpp's float order needs.
+One tdpbssd takes about as long whatever K is (16 cycles for 16 rows of A here); the kernels use K =
+32 (a Q4_0 block) or 64 (a pair of Q4_K sub-blocks), the sums llama.cpp's float order keeps apart.
 
 Using the tiles takes three steps:
 - the process asks Linux for the tile state once (`arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`);
