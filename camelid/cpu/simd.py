@@ -213,24 +213,23 @@ or_i32 = _binary("or_", I32x16)
 or_i32.__doc__ = "Lane-wise a | b."
 
 
-@intrinsic
-def sub_bytes(typingctx, a, b):
-    """Byte-wise a - b (wrapping), of the 64 bytes of two I32x16."""
-    def codegen(context, builder, sig, args):
-        difference = builder.sub(builder.bitcast(args[0], _V_I8), builder.bitcast(args[1], _V_I8))
-        return builder.bitcast(difference, _V_I32)
+def _bytewise(op: str):
+    """A byte-wise (wrapping) operation on the 64 bytes of two I32x16: an llvmlite IRBuilder method name."""
+    @intrinsic
+    def bytewise(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            result = getattr(builder, op)(builder.bitcast(args[0], _V_I8), builder.bitcast(args[1], _V_I8))
+            return builder.bitcast(result, _V_I32)
 
-    return I32x16(I32x16, I32x16), codegen
+        return I32x16(I32x16, I32x16), codegen
+
+    return bytewise
 
 
-@intrinsic
-def mul_bytes(typingctx, a, b):
-    """Byte-wise a * b (the low 8 bits), of the 64 bytes of two I32x16."""
-    def codegen(context, builder, sig, args):
-        product = builder.mul(builder.bitcast(args[0], _V_I8), builder.bitcast(args[1], _V_I8))
-        return builder.bitcast(product, _V_I32)
-
-    return I32x16(I32x16, I32x16), codegen
+sub_bytes = _bytewise("sub")
+sub_bytes.__doc__ = "Byte-wise a - b (wrapping), of the 64 bytes of two I32x16."
+mul_bytes = _bytewise("mul")
+mul_bytes.__doc__ = "Byte-wise a * b (the low 8 bits), of the 64 bytes of two I32x16."
 
 
 def _shift(op: str):
